@@ -1,0 +1,1 @@
+"""Mamba-3 kernels: Triton for CUDA and PyTorch references for everything else, behind one dispatch."""
