@@ -1,1 +1,10 @@
-"""Mamba-3 kernels: Triton for CUDA and PyTorch references for everything else, behind one dispatch."""
+"""Mamba-3 kernels: Triton for CUDA, PyTorch references for everything else, one dispatch.
+
+Public functions pick the implementation by device; every one has a reference
+twin in a ``*_reference`` module that the tests use as the oracle.
+"""
+
+from mamba3_integrations.kernels.attention import attention
+from mamba3_integrations.kernels.mamba3_siso import mamba3_scan, mamba3_step
+
+__all__ = ["attention", "mamba3_scan", "mamba3_step"]

@@ -1,0 +1,63 @@
+"""The residual block of the official model: add -> norm -> mixer, then add -> norm -> MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mamba3_integrations.modeling.attention import Attention
+from mamba3_integrations.modeling.cache import LayerCache
+from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
+
+
+class Block(nn.Module):
+    """One layer: ``residual = hidden + residual; hidden = mixer(norm(residual))`` and the
+    same around the MLP when there is one. Returns ``(hidden, residual)``."""
+
+    def __init__(self, mixer: Mamba3Mixer | Attention, norm: nn.Module,
+                 mlp: nn.Module | None, norm2: nn.Module | None,
+                 residual_in_fp32: bool) -> None:
+        super().__init__()
+        self.norm, self.mixer = norm, mixer
+        if mlp is not None:
+            self.norm2, self.mlp = norm2, mlp
+        else:
+            self.mlp = None
+        self.residual_in_fp32 = residual_in_fp32
+
+    def _add_norm(self, hidden: Tensor, residual: Tensor | None,
+                  norm: nn.Module) -> tuple[Tensor, Tensor]:
+        residual = hidden + residual if residual is not None else hidden
+        hidden = norm(residual.to(norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.to(torch.float32)
+        return hidden, residual
+
+    def _mlp(self, hidden: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mlp is None:
+            return hidden, residual
+        hidden, residual = self._add_norm(hidden, residual, self.norm2)
+        return self.mlp(hidden), residual
+
+    def forward(self, hidden: Tensor, residual: Tensor | None, cache: LayerCache | None = None,
+                start: int = 0, pad_lengths: Tensor | None = None,
+                token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Over a sequence (b, l, d); see the mixers' ``forward`` for the arguments."""
+        hidden, residual = self._add_norm(hidden, residual, self.norm)
+        if isinstance(self.mixer, Attention):
+            hidden = self.mixer(hidden, cache, start=start, pad_lengths=pad_lengths,
+                                token_mask=token_mask)
+        else:
+            hidden = self.mixer(hidden, cache, token_mask=token_mask)
+        return self._mlp(hidden, residual)
+
+    def step(self, hidden: Tensor, residual: Tensor | None, cache: LayerCache, start: int,
+             pad_lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One token (b, d): the recurrent step for Mamba-3, cached attention otherwise."""
+        hidden, residual = self._add_norm(hidden, residual, self.norm)
+        if isinstance(self.mixer, Attention):
+            hidden = self.mixer(hidden.unsqueeze(1), cache, start=start,
+                                pad_lengths=pad_lengths).squeeze(1)
+        else:
+            hidden = self.mixer.step(hidden, cache)
+        return self._mlp(hidden, residual)

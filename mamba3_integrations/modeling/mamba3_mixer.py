@@ -1,0 +1,181 @@
+"""The Mamba-3 mixer: official constructor arguments, parameter names and function."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamba3_integrations.errors import ConfigError, InputError
+from mamba3_integrations.kernels import mamba3_scan, mamba3_step
+from mamba3_integrations.modeling.cache import Mamba3LayerCache
+from mamba3_integrations.modeling.norms import GatedRMSNorm, RMSNorm, rms_norm
+
+
+def heavy_tail(x: Tensor) -> Tensor:
+    """``1 + x`` for x >= 0 and ``1 / (1 - x)`` for x < 0: positive, smooth at 0."""
+    return x.clamp_min(0) + torch.reciprocal(1 - x.clamp_max(0))
+
+
+class Mamba3Mixer(nn.Module):
+    """Mamba-3 sequence mixer (``mamba_ssm.modules.mamba3.Mamba3``), SISO.
+
+    Takes the official keyword arguments and state-dict names. ``forward`` runs the
+    chunked scan over a sequence (optionally from and to a decode state);
+    ``step`` advances a decode state by one token.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        rope_fraction: float = 0.5,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_floor: float = 1e-4,
+        is_outproj_norm: bool = False,
+        is_mimo: bool = False,
+        mimo_rank: int = 4,
+        fuse_pregate_headwise_norm: bool = True,
+        chunk_size: int = 64,
+        dropout: float = 0.0,
+        layer_idx: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if is_mimo:
+            raise ConfigError("MIMO Mamba-3 layers (is_mimo=True) are not supported yet")
+        if rope_fraction not in (0.5, 1.0):
+            raise ConfigError(f"rope_fraction must be 0.5 or 1.0, got {rope_fraction}")
+        self.d_model, self.d_state, self.expand, self.headdim = d_model, d_state, expand, headdim
+        self.ngroups, self.chunk_size, self.layer_idx = ngroups, chunk_size, layer_idx
+        self.A_floor, self.is_outproj_norm = A_floor, is_outproj_norm
+        self.is_mimo, self.mimo_rank = False, 1
+        self.d_inner = int(expand * d_model)
+        if self.d_inner % headdim:
+            raise ConfigError(f"expand*d_model ({self.d_inner}) must be a multiple of headdim "
+                              f"({headdim})")
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups:
+            raise ConfigError(f"nheads ({self.nheads}) must be a multiple of ngroups ({ngroups})")
+        rotary = int(d_state * rope_fraction)
+        self.n_angles = (rotary - rotary % 2) // 2
+        if self.n_angles < 1:
+            raise ConfigError(f"d_state={d_state} with rope_fraction={rope_fraction} leaves no "
+                              "rotary angle")
+        self.rope_fraction = rope_fraction
+
+        factory = {"device": device, "dtype": dtype}
+        param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        bc_width = d_state * ngroups * self.mimo_rank
+        self.split_sizes = [self.d_inner, self.d_inner, bc_width, bc_width,
+                            self.nheads, self.nheads, self.nheads, self.n_angles]
+        self.in_proj = nn.Linear(d_model, sum(self.split_sizes), bias=False, **factory)
+
+        dt = torch.exp(torch.rand(self.nheads, device=device)
+                       * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1, float32
+        self.B_bias = nn.Parameter(torch.ones(self.nheads, self.mimo_rank, d_state,
+                                              device=device))
+        self.C_bias = nn.Parameter(torch.ones(self.nheads, self.mimo_rank, d_state,
+                                              device=device))
+        self.B_norm = RMSNorm(d_state, eps=1e-5, **factory)
+        self.C_norm = RMSNorm(d_state, eps=1e-5, **factory)
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device, dtype=param_dtype))
+        for p in (self.dt_bias, self.D):
+            p._no_weight_decay = True
+        if is_outproj_norm:
+            self.norm = GatedRMSNorm(self.d_inner, group_size=headdim, eps=1e-5, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
+
+    # ----------------------------------------------------------- projections
+    def _project(self, u: Tensor, token_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """in_proj and the per-token preprocessing shared by forward and step.
+
+        Works for u (..., d_model); returns tensors with heads split out.
+        """
+        z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(self.in_proj(u), self.split_sizes,
+                                                            dim=-1)
+        A = (-heavy_tail(dd_A.float())).clamp(max=-self.A_floor)
+        DT = F.softplus(dd_dt + self.dt_bias)
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        if token_mask is not None:  # padding: no decay, no input, no rotation
+            DT = DT * token_mask.unsqueeze(-1)
+            x = x * token_mask[..., None, None].to(x.dtype)
+        lead = u.shape[:-1]
+        return {
+            "z": z.unflatten(-1, (self.nheads, self.headdim)),
+            "x": x,
+            "B": rms_norm(B.unflatten(-1, (self.ngroups, self.d_state)), self.B_norm.weight, 1e-5),
+            "C": rms_norm(C.unflatten(-1, (self.ngroups, self.d_state)), self.C_norm.weight, 1e-5),
+            "ADT": A * DT,
+            "DT": DT,
+            "trap": trap,
+            "angles": angles.unsqueeze(-2).expand(*lead, self.nheads, self.n_angles).float(),
+        }
+
+    def _output(self, y: Tensor, z: Tensor, x_dtype: torch.dtype) -> Tensor:
+        y = y.flatten(-2)
+        if self.is_outproj_norm:
+            y = self.norm(y, z.flatten(-2))
+        return self.out_proj(y.to(x_dtype))
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        u: Tensor,
+        cache: Mamba3LayerCache | None = None,
+        token_mask: Tensor | None = None,
+    ) -> Tensor:
+        """u (b, l, d_model) -> (b, l, d_model).
+
+        With ``cache``, the scan starts from its state (zeros for a fresh cache) and
+        the cache is overwritten with the state after the last token. ``token_mask``
+        (b, l) marks real tokens; masked (padding) positions leave the state untouched.
+        """
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise InputError(f"Mamba3Mixer expects (batch, seqlen, {self.d_model}), got "
+                             f"{tuple(u.shape)}")
+        p = self._project(u, token_mask)
+        state = None if cache is None else (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
+        result = mamba3_scan(
+            Q=p["C"], K=p["B"], V=p["x"], ADT=p["ADT"].transpose(1, 2),
+            DT=p["DT"].transpose(1, 2), Trap=p["trap"].transpose(1, 2),
+            Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0], Angles=p["angles"], D=self.D,
+            Z=None if self.is_outproj_norm else p["z"], initial_state=state,
+            return_final_state=cache is not None, chunk_size=self.chunk_size,
+        )
+        if cache is not None:
+            y, final = result
+            cache.copy_(*final)
+        else:
+            y = result
+        return self._output(y, p["z"], u.dtype)
+
+    def step(self, u: Tensor, cache: Mamba3LayerCache) -> Tensor:
+        """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place."""
+        p = self._project(u)
+        y, new = mamba3_step(
+            Q=p["C"], K=p["B"], V=p["x"], ADT=p["ADT"], DT=p["DT"], Trap=p["trap"],
+            Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0], Angles=p["angles"],
+            state=(cache.angle, cache.ssm, cache.k[:, 0], cache.v), D=self.D,
+            Z=None if self.is_outproj_norm else p["z"],
+        )
+        cache.copy_(*new)
+        return self._output(y, p["z"], u.dtype)
+
+    def allocate_cache(self, batch: int, device=None, dtype=None) -> Mamba3LayerCache:
+        """A zero decode state for ``batch`` sequences."""
+        weight = self.in_proj.weight
+        return Mamba3LayerCache.zeros(
+            batch, self.nheads, self.headdim, self.d_state, self.n_angles, self.mimo_rank,
+            device or weight.device, dtype or weight.dtype,
+        )
