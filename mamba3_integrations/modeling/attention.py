@@ -1,4 +1,4 @@
-"""Attention layer of the hybrid model (official ``MHA`` options) with an optional sliding window."""
+"""Attention layer of the hybrid model (official ``MHA`` options), optionally sliding-window."""
 
 from __future__ import annotations
 
