@@ -1,0 +1,73 @@
+"""Builders of small real checkpoints for tests: a byte-level BPE tokenizer trained on a
+few paragraphs, and random-weight Mamba-3 hybrid models saved with ``save_pretrained``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mamba3_integrations import Mamba3Config, Mamba3ForCausalLM
+
+CORPUS = [
+    "Mamba-3 is a state space model. It keeps a constant-size state while it reads text.",
+    "PostgreSQL stores rows in tables; pgvector adds a vector type and nearest-neighbour search.",
+    "The quick brown fox jumps over the lazy dog. Dr. Smith paid $3.50 for 2.5 kg of apples.",
+    "def add(a, b):\n    return a + b\n\nprint(add(1, 2))",
+    "Retrieval-augmented generation finds relevant passages and gives them to a language model.",
+    "Ünïcödé text, emoji 🙂 and accents: café, naïve, résumé. 日本語のテキストも少し。",
+]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer (transformers fast tokenizer) trained on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|pad|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def hybrid_config(vocab_size: int, window: int | None = 6, **overrides) -> Mamba3Config:
+    """4 layers: Mamba-3, global attention, Mamba-3, sliding-window attention (GatedMLP)."""
+    cfg = dict(
+        d_model=32, d_intermediate=64, n_layer=4, vocab_size=vocab_size,
+        ssm_cfg={"layer": "Mamba3", "d_state": 16, "headdim": 8, "chunk_size": 8},
+        attn_layer_idx=[1, 3],
+        attn_cfg={"num_heads": 4, "num_heads_kv": 2, "head_dim": 8, "rotary_emb_dim": 8,
+                  "causal": True, "d_conv": 3},
+        rms_norm=True, residual_in_fp32=True, fused_add_norm=False,
+        pad_vocab_size_multiple=8, tie_embeddings=True,
+        attn_window={3: window} if window else {},
+    )
+    cfg.update(overrides)
+    return Mamba3Config(**cfg)
+
+
+def save_tiny_lm(folder: Path, config: Mamba3Config | None = None, seed: int = 0,
+                 with_tokenizer: bool = True) -> Path:
+    """Save a random-weight hybrid LM (and tokenizer) to ``folder``; return it."""
+    tokenizer = make_tokenizer() if with_tokenizer else None
+    vocab = len(tokenizer) if tokenizer is not None else 300
+    torch.manual_seed(seed)
+    model = Mamba3ForCausalLM(config or hybrid_config(vocab), tokenizer=tokenizer)
+    model.init_weights()
+    with torch.no_grad():  # larger random weights than the init, for less uniform outputs
+        model.backbone.embedding.weight.normal_(0, 1.0)
+    model.save_pretrained(folder)
+    return folder
