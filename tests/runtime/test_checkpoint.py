@@ -82,7 +82,8 @@ def test_missing_and_unexpected_tensors_are_named(pure_copy):
 
 def test_bad_shapes_are_named(pure_copy):
     edit_config(pure_copy, ssm_cfg={"layer": "Mamba3", "d_state": 16, "headdim": 16})
-    with pytest.raises(CheckpointError, match=r"shape mismatches: .*B_bias: checkpoint \(8, 1, 32\)"):
+    expected = r"shape mismatches: .*B_bias: checkpoint \(8, 1, 32\)"
+    with pytest.raises(CheckpointError, match=expected):
         Mamba3ForCausalLM.from_pretrained(pure_copy)
 
 
@@ -90,7 +91,8 @@ def test_bad_shapes_are_named(pure_copy):
     ("changes", "message"),
     [
         ({"d_modle": 64}, r"unknown key\(s\) \['d_modle'\] in config.json"),
-        ({"ssm_cfg": {"layer": "Mamba3", "d_stat": 8}}, r"unknown key\(s\) \['d_stat'\] in ssm_cfg"),
+        ({"ssm_cfg": {"layer": "Mamba3", "d_stat": 8}},
+         r"unknown key\(s\) \['d_stat'\] in ssm_cfg"),
         ({"ssm_cfg": {"layer": "Mamba2"}}, "only 'Mamba3'"),
         ({"attn_layer_idx": [5]}, "out of range"),
         ({"attn_window": {"0": 4}}, "not in attn_layer_idx"),
