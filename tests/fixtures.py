@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mamba3_integrations import Mamba3Config, Mamba3ForCausalLM
+from mamba3_integrations.runtime.tokenizer import train_bpe_tokenizer
 
 CORPUS = [
     "Mamba-3 is a state space model. It keeps a constant-size state while it reads text.",
@@ -18,29 +19,9 @@ CORPUS = [
     "Ünïcödé text, emoji 🙂 and accents: café, naïve, résumé. 日本語のテキストも少し。",
 ]
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
-
 def make_tokenizer(vocab_size: int = 320):
     """A byte-level BPE tokenizer (transformers fast tokenizer) trained on CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   pad_token="<|pad|>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return train_bpe_tokenizer(CORPUS * 4, vocab_size=vocab_size)
 
 
 def hybrid_config(vocab_size: int, window: int | None = 6, **overrides) -> Mamba3Config:
