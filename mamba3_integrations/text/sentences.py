@@ -22,7 +22,7 @@ _LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r" {0,3}#{1,6}(?:\s|$)")
 _THEMATIC_BREAK = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+•]|\d{1,9}[.)])[ \t]+\S")
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+•]|\d{1,9}[.)])[ \t]+(?=\S)")
 _TABLE_ROW = re.compile(r"[ \t]*\|")
 _INDENTED = re.compile(r"(?: {4}|\t)")
 
@@ -53,7 +53,8 @@ def split_sentences(text: str) -> list[Span]:
     for start, end, kind in _blocks(text):
         starts.append(start)
         if kind == "paragraph":
-            starts.extend(_sentence_starts(text, start, end))
+            marker = _LIST_ITEM.match(text, start, end)
+            starts.extend(_sentence_starts(text, marker.end() if marker else start, end))
     edges = [0, *starts[1:], len(text)]
     return [(a, b) for a, b in pairwise(edges) if a < b]
 
