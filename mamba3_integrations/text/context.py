@@ -81,7 +81,8 @@ def select_context(
     """Choose and order chunks for a prompt.
 
     1. Drop chunks scoring below ``min_score`` and chunks whose score is NaN.
-    2. Keep one chunk per ``(doc_id, index)``, the best scoring.
+    2. Keep one chunk per ``(doc_id, index)``: the best scoring (ties: text, token count,
+       offsets; duplicates equal in all of these but metadata keep the first one given).
     3. Walk chunks from best to worst (ties: doc_id, then index) and keep each one that still
        fits in ``token_budget`` (``None``: no limit); the budget counts chunk text only.
     4. Order documents by their best kept score (ties: doc_id) and chunks by index.
@@ -95,7 +96,7 @@ def select_context(
         if math.isnan(chunk.score) or (min_score is not None and chunk.score < min_score):
             continue
         key = (chunk.doc_id, chunk.index)
-        if key not in best or _rank_key(chunk) < _rank_key(best[key]):
+        if key not in best or _duplicate_key(chunk) < _duplicate_key(best[key]):
             best[key] = chunk
     kept = []
     used = 0
@@ -111,8 +112,14 @@ def select_context(
     return _merge_adjacent(ordered, count_tokens) if merge_adjacent else ordered
 
 
-def _rank_key(chunk: ScoredChunk) -> tuple[float, str, int, str]:
-    return (-chunk.score, chunk.doc_id, chunk.index, chunk.text)
+def _rank_key(chunk: ScoredChunk) -> tuple[float, str, int]:
+    return (-chunk.score, chunk.doc_id, chunk.index)
+
+
+def _duplicate_key(chunk: ScoredChunk) -> tuple[float, str, int, int, int]:
+    """Best score first, then text, token count and offsets; only metadata/source never decide."""
+    fields = (chunk.token_count, chunk.start_char, chunk.end_char)
+    return (-chunk.score, chunk.text, *(-1 if value is None else value for value in fields))
 
 
 def _merge_adjacent(chunks: list[ScoredChunk], count_tokens: TokenCounter) -> list[ScoredChunk]:
