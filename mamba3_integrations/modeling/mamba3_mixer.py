@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamba3_integrations.errors import ConfigError, InputError
-from mamba3_integrations.kernels import mamba3_scan, mamba3_step
+from mamba3_integrations.kernels import (
+    mamba3_mimo_scan,
+    mamba3_mimo_step,
+    mamba3_scan,
+    mamba3_step,
+)
 from mamba3_integrations.modeling.cache import Mamba3LayerCache
 from mamba3_integrations.modeling.norms import GatedRMSNorm, RMSNorm, rms_norm
 
@@ -20,11 +25,12 @@ def heavy_tail(x: Tensor) -> Tensor:
 
 
 class Mamba3Mixer(nn.Module):
-    """Mamba-3 sequence mixer (``mamba_ssm.modules.mamba3.Mamba3``), SISO.
+    """Mamba-3 sequence mixer (``mamba_ssm.modules.mamba3.Mamba3``), SISO or MIMO.
 
     Takes the official keyword arguments and state-dict names. ``forward`` runs the
     chunked scan over a sequence (optionally from and to a decode state);
-    ``step`` advances a decode state by one token.
+    ``step`` advances a decode state by one token. With ``is_mimo`` every head has
+    ``mimo_rank`` B/C vectors per token, mixed by ``mimo_x``, ``mimo_z``, ``mimo_o``.
     """
 
     def __init__(
@@ -50,14 +56,14 @@ class Mamba3Mixer(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if is_mimo:
-            raise ConfigError("MIMO Mamba-3 layers (is_mimo=True) are not supported yet")
+        if is_mimo and mimo_rank < 1:
+            raise ConfigError(f"mimo_rank must be >= 1, got {mimo_rank}")
         if rope_fraction not in (0.5, 1.0):
             raise ConfigError(f"rope_fraction must be 0.5 or 1.0, got {rope_fraction}")
         self.d_model, self.d_state, self.expand, self.headdim = d_model, d_state, expand, headdim
         self.ngroups, self.chunk_size, self.layer_idx = ngroups, chunk_size, layer_idx
         self.A_floor, self.is_outproj_norm = A_floor, is_outproj_norm
-        self.is_mimo, self.mimo_rank = False, 1
+        self.is_mimo, self.mimo_rank = is_mimo, mimo_rank if is_mimo else 1
         self.d_inner = int(expand * d_model)
         if self.d_inner % headdim:
             raise ConfigError(f"expand*d_model ({self.d_inner}) must be a multiple of headdim "
@@ -89,6 +95,12 @@ class Mamba3Mixer(nn.Module):
                                               device=device))
         self.B_norm = RMSNorm(d_state, eps=1e-5, **factory)
         self.C_norm = RMSNorm(d_state, eps=1e-5, **factory)
+        if is_mimo:  # up-projections of x and z, down-projection of the output
+            shape = (self.nheads, self.mimo_rank, headdim)
+            ones = {"device": device, "dtype": param_dtype}
+            self.mimo_x = nn.Parameter(torch.ones(shape, **ones) / self.mimo_rank)
+            self.mimo_z = nn.Parameter(torch.ones(shape, **ones))
+            self.mimo_o = nn.Parameter(torch.ones(shape, **ones) / self.mimo_rank)
         self.D = nn.Parameter(torch.ones(self.nheads, device=device, dtype=param_dtype))
         for p in (self.dt_bias, self.D):
             p._no_weight_decay = True
@@ -100,7 +112,8 @@ class Mamba3Mixer(nn.Module):
     def _project(self, u: Tensor, token_mask: Tensor | None = None) -> dict[str, Tensor]:
         """in_proj and the per-token preprocessing shared by forward and step.
 
-        Works for u (..., d_model); returns tensors with heads split out.
+        Works for u (..., d_model); returns tensors with heads split out and B, C as
+        (..., R, G, N) (rank-major in ``in_proj``, R = 1 for SISO).
         """
         z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(self.in_proj(u), self.split_sizes,
                                                             dim=-1)
@@ -111,11 +124,12 @@ class Mamba3Mixer(nn.Module):
             DT = DT * token_mask.unsqueeze(-1)
             x = x * token_mask[..., None, None].to(x.dtype)
         lead = u.shape[:-1]
+        bc_shape = (self.mimo_rank, self.ngroups, self.d_state)
         return {
             "z": z.unflatten(-1, (self.nheads, self.headdim)),
             "x": x,
-            "B": rms_norm(B.unflatten(-1, (self.ngroups, self.d_state)), self.B_norm.weight, 1e-5),
-            "C": rms_norm(C.unflatten(-1, (self.ngroups, self.d_state)), self.C_norm.weight, 1e-5),
+            "B": rms_norm(B.unflatten(-1, bc_shape), self.B_norm.weight, 1e-5),
+            "C": rms_norm(C.unflatten(-1, bc_shape), self.C_norm.weight, 1e-5),
             "ADT": A * DT,
             "DT": DT,
             "trap": trap,
@@ -124,9 +138,16 @@ class Mamba3Mixer(nn.Module):
 
     def _output(self, y: Tensor, z: Tensor, x_dtype: torch.dtype) -> Tensor:
         y = y.flatten(-2)
-        if self.is_outproj_norm:
+        if self.is_outproj_norm and not self.is_mimo:  # MIMO: normalised per rank in the scan
             y = self.norm(y, z.flatten(-2))
         return self.out_proj(y.to(x_dtype))
+
+    def _mimo_args(self, p: dict[str, Tensor]) -> dict[str, Tensor | None]:
+        """Keyword arguments of the MIMO scan and step that do not depend on the layout."""
+        norm = self.norm.weight.view(self.nheads, self.headdim) if self.is_outproj_norm else None
+        return dict(Q=p["C"], K=p["B"], V=p["x"], Q_bias=self.C_bias, K_bias=self.B_bias,
+                    Angles=p["angles"], MIMO_V=self.mimo_x, MIMO_O=self.mimo_o, D=self.D,
+                    Z=p["z"], MIMO_Z=self.mimo_z, Norm_Weight=norm)
 
     # --------------------------------------------------------------- forward
     def forward(
@@ -145,14 +166,19 @@ class Mamba3Mixer(nn.Module):
             raise InputError(f"Mamba3Mixer expects (batch, seqlen, {self.d_model}), got "
                              f"{tuple(u.shape)}")
         p = self._project(u, token_mask)
-        state = None if cache is None else (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
-        result = mamba3_scan(
-            Q=p["C"], K=p["B"], V=p["x"], ADT=p["ADT"].transpose(1, 2),
-            DT=p["DT"].transpose(1, 2), Trap=p["trap"].transpose(1, 2),
-            Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0], Angles=p["angles"], D=self.D,
-            Z=None if self.is_outproj_norm else p["z"], initial_state=state,
-            return_final_state=cache is not None, chunk_size=self.chunk_size,
-        )
+        per_token = dict(ADT=p["ADT"].transpose(1, 2), DT=p["DT"].transpose(1, 2),
+                         Trap=p["trap"].transpose(1, 2), return_final_state=cache is not None,
+                         chunk_size=self.chunk_size)
+        if self.is_mimo:
+            state = None if cache is None else cache.as_tuple()
+            result = mamba3_mimo_scan(**self._mimo_args(p), **per_token, initial_state=state)
+        else:
+            state = None if cache is None else (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
+            result = mamba3_scan(
+                Q=p["C"][:, :, 0], K=p["B"][:, :, 0], V=p["x"], Q_bias=self.C_bias[:, 0],
+                K_bias=self.B_bias[:, 0], Angles=p["angles"], D=self.D,
+                Z=None if self.is_outproj_norm else p["z"], initial_state=state, **per_token,
+            )
         if cache is not None:
             y, final = result
             cache.copy_(*final)
@@ -163,13 +189,17 @@ class Mamba3Mixer(nn.Module):
     def step(self, u: Tensor, cache: Mamba3LayerCache) -> Tensor:
         """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place."""
         p = self._project(u)
-        y, new = mamba3_step(
-            Q=p["C"], K=p["B"], V=p["x"], ADT=p["ADT"], DT=p["DT"], Trap=p["trap"],
-            Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0], Angles=p["angles"],
-            state=(cache.angle, cache.ssm, cache.k[:, 0], cache.v), D=self.D,
-            Z=None if self.is_outproj_norm else p["z"],
-        )
-        cache.copy_(*new)
+        if self.is_mimo:
+            y, _ = mamba3_mimo_step(**self._mimo_args(p), ADT=p["ADT"], DT=p["DT"],
+                                    Trap=p["trap"], state=cache.as_tuple(), inplace=True)
+        else:
+            y, new = mamba3_step(
+                Q=p["C"][:, 0], K=p["B"][:, 0], V=p["x"], ADT=p["ADT"], DT=p["DT"],
+                Trap=p["trap"], Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0],
+                Angles=p["angles"], state=(cache.angle, cache.ssm, cache.k[:, 0], cache.v),
+                D=self.D, Z=None if self.is_outproj_norm else p["z"],
+            )
+            cache.copy_(*new)
         return self._output(y, p["z"], u.dtype)
 
     def allocate_cache(self, batch: int, device=None, dtype=None) -> Mamba3LayerCache:
