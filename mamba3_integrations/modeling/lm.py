@@ -124,6 +124,19 @@ class Mamba3LMHeadModel(nn.Module):
         state and the cache is advanced past it. ``num_last_tokens`` > 0 keeps only the
         logits of the last tokens.
         """
+        hidden = self.hidden_states(input_ids, attention_mask, cache)
+        if num_last_tokens > 0:
+            hidden = hidden[:, -num_last_tokens:]
+        return CausalLMOutput(logits=self.lm_head(hidden), hidden_states=hidden)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: InferenceCache | None = None,
+    ) -> Tensor:
+        """The last hidden states after ``norm_f`` (b, l, d), without the LM head (e.g. for
+        embeddings); arguments as ``forward``."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"input_ids must be (batch, seqlen) with seqlen >= 1, got "
                              f"{tuple(input_ids.shape)}")
@@ -137,9 +150,7 @@ class Mamba3LMHeadModel(nn.Module):
         hidden = self.backbone.final_norm(hidden, residual)
         if cache is not None:
             cache.seqlen += input_ids.shape[1]
-        if num_last_tokens > 0:
-            hidden = hidden[:, -num_last_tokens:]
-        return CausalLMOutput(logits=self.lm_head(hidden), hidden_states=hidden)
+        return hidden
 
     def _padding(self, input_ids: Tensor, attention_mask: Tensor | None,
                  cache: InferenceCache | None) -> tuple[Tensor | None, Tensor | None]:
