@@ -6,6 +6,7 @@ from typing import Any
 _EXPORTS = {
     "Mamba3SemanticTextSplitter": "text_splitter",
     "OrderPreservingCompressor": "compressor",
+    "PGVector": "vectorstores",
 }
 
 __all__ = sorted(_EXPORTS)

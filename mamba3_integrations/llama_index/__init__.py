@@ -6,6 +6,7 @@ from typing import Any
 _EXPORTS = {
     "Mamba3SemanticNodeParser": "node_parser",
     "OrderPreservingPostprocessor": "postprocessor",
+    "PGVectorStore": "vector_store",
 }
 
 __all__ = sorted(_EXPORTS)
