@@ -6,6 +6,7 @@ import random
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 # fmt: off
 TOPICS: dict[str, tuple[str, ...]] = {
@@ -60,3 +61,34 @@ def topic_document(topics: Sequence[str], sentences: int, seed: int = 0) -> tupl
             shifts.append(len(text))
         text += "".join(topic_sentence(rng, topic) + " " for _ in range(sentences))
     return text, shifts
+
+
+def llama_index_topic_embedding() -> Any:
+    """``embed_text`` as a LlamaIndex ``BaseEmbedding`` (imported here to keep core tests light)."""
+    from llama_index.core.embeddings import BaseEmbedding
+
+    class TopicEmbedding(BaseEmbedding):
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return embed_text(text)
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return embed_text(query)
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return embed_text(query)
+
+    return TopicEmbedding(model_name="topic", embed_batch_size=64)
+
+
+def langchain_topic_embeddings() -> Any:
+    """``embed_text`` as LangChain ``Embeddings``."""
+    from langchain_core.embeddings import Embeddings
+
+    class TopicEmbeddings(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return topic_embed(texts)
+
+        def embed_query(self, text: str) -> list[float]:
+            return embed_text(text)
+
+    return TopicEmbeddings()
