@@ -67,9 +67,7 @@ def test_ingestion_pipeline_builds_ordered_related_nodes(embed_model, documents,
 
 async def test_async_pipeline_gives_the_same_split(embed_model, documents):
     docs, shifts = documents
-    pipeline = IngestionPipeline(
-        transformations=[Mamba3SemanticNodeParser(embed_model=embed_model)]
-    )
+    parser = Mamba3SemanticNodeParser(embed_model=embed_model)
     grouped = by_document(await IngestionPipeline(transformations=[parser]).arun(documents=docs))
     for doc in docs:
         check_nodes_of(grouped[doc.id_], doc, shifts[doc.id_])
