@@ -24,3 +24,29 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     from tests.fixtures import save_tiny_lm
 
     return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+# ----------------------------------------------- LLM and embedding components
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A random-weight embedding model folder (``fixtures.TINY_EMBEDDING`` settings,
+    segments of 16 tokens, sliding-window attention only)."""
+    from tests.fixtures import save_tiny_encoder
+
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    """The ``tiny_lm_dir`` model, loaded once (components share it through ``lm=``)."""
+    from mamba3_integrations import Mamba3ForCausalLM
+
+    return Mamba3ForCausalLM.from_pretrained(tiny_lm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_dir):
+    """The ``tiny_encoder_dir`` model, loaded once as a ``Mamba3Encoder``."""
+    from mamba3_integrations.runtime.embedding import Mamba3Encoder
+
+    return Mamba3Encoder.from_pretrained(tiny_encoder_dir)

@@ -52,3 +52,18 @@ def save_tiny_lm(folder: Path, config: Mamba3Config | None = None, seed: int = 0
         model.backbone.embedding.weight.normal_(0, 1.0)
     model.save_pretrained(folder)
     return folder
+
+
+TINY_EMBEDDING = {"pooling": "mean", "normalize": True, "query_prefix": "query: ",
+                  "document_prefix": "passage: ", "max_segment_tokens": 16}
+
+
+def save_tiny_encoder(folder: Path, embedding: dict | None = None,
+                      global_attention: bool = False, seed: int = 1) -> Path:
+    """Save a random-weight embedding model (``embedding`` settings, default
+    ``TINY_EMBEDDING``) with a tokenizer. Its attention layers are sliding-window (state
+    of constant size) unless ``global_attention``."""
+    windows = {3: 6} if global_attention else {1: 8, 3: 6}
+    config = hybrid_config(len(make_tokenizer()), attn_window=windows,
+                           embedding=dict(embedding or TINY_EMBEDDING))
+    return save_tiny_lm(folder, config=config, seed=seed)
