@@ -1,0 +1,255 @@
+"""Mamba-3 MIMO chunked scan on CUDA through Triton (forward, backward, states, varlen).
+
+``mamba3_mimo_scan_triton`` computes what ``mamba3_mimo_scan_reference`` computes (the
+oracle). The forward is one fused kernel from the raw inputs (bias, rotary, rank values,
+D, headwise norm, gate and ``MIMO_O`` included). The backward recomputes the cheap
+per-token preprocessing with autograd (``mimo_inputs``), runs two Triton sweeps over
+the chunks for the scan itself and lets autograd finish the chain rule.
+Final states are not differentiable (as in the official kernels); the initial state is.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+
+from mamba3_integrations.kernels.mamba3_mimo_reference import (
+    mimo_epilogue,
+    mimo_inputs,
+)
+from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import (
+    _mimo_bwd_dkv_kernel,
+    _mimo_bwd_dq_kernel,
+    _mimo_fwd_kernel,
+    kernel_blocks,
+)
+from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
+
+NORM_EPS = 1e-5
+
+
+def _precision(x: Tensor) -> str:
+    """float32 inputs multiply in true float32; 16-bit inputs use their tensor cores."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _seq_count(batch: int, seqlen: int, cu_seqlens: Tensor | None) -> int:
+    if cu_seqlens is None:
+        return batch
+    n = cu_seqlens.numel() - 1
+    if n < 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != seqlen:
+        raise ValueError(f"cu_seqlens must run from 0 to seqlen={seqlen}; got "
+                         f"{cu_seqlens.tolist()}")
+    return n
+
+
+def _start_state(V: Tensor, DT: Tensor, Trap: Tensor, MIMO_V: Tensor,
+                 initial_state: Mamba3State | None, cu: Tensor | None) -> Tensor | None:
+    """The state before each sequence's first token, with that token's beta term added."""
+    if initial_state is None:
+        return None
+    _, ssm0, k0, v0 = initial_state
+    if cu is None:
+        dt, trap = DT[:, :, 0], Trap[:, :, 0]
+    else:
+        first = cu[:-1].long()
+        dt, trap = DT[0][:, first].T, Trap[0][:, first].T
+    dt, lam = dt.float(), torch.sigmoid(trap.float())
+    prev = torch.einsum("bhp,hrp,brhn->bhpn", v0.float(), MIMO_V.float(), k0.float())
+    return (ssm0.float() + ((1 - lam) * dt)[..., None, None] * prev).contiguous()
+
+
+def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor,
+             Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor,
+             MIMO_O: Tensor | None, D: Tensor | None, Z: Tensor | None,
+             MIMO_Z: Tensor | None, Norm_Weight: Tensor | None,
+             initial_state: Mamba3State | None, return_state: bool, cu: Tensor | None,
+             out_dtype: torch.dtype, block_p: int | None = None, num_warps: int = 8,
+             ) -> tuple[Tensor, Mamba3State | None]:
+    """Launch the fused forward; returns ``(out, final_state or None)``."""
+    batch, seqlen, rank, ngroups, d_state = Q.shape
+    nheads, headdim = V.shape[2], V.shape[3]
+    n_angles = Angles.shape[3]
+    nseq = _seq_count(batch, seqlen, cu)
+    dev = V.device
+    ct, rp, bh = kernel_blocks(rank, d_state)
+    if block_p is None or Norm_Weight is not None:  # the norm needs all of headdim at once
+        block_p = max(16, triton.next_power_of_2(headdim))
+    f32 = {"device": dev, "dtype": torch.float32}
+    scalars = [t.contiguous() for t in (ADT, DT, Trap)]
+    params = [t.contiguous() for t in (Q_bias, K_bias, MIMO_V)]
+    dummy = torch.empty(1, **f32)
+    opt = [t.contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O, D, Norm_Weight)]
+    start = _start_state(V, DT, Trap, MIMO_V, initial_state, cu)
+    angle0 = (initial_state[0].float().contiguous() if initial_state is not None
+              else torch.zeros(nseq, nheads, n_angles, **f32))
+    reduce_o = MIMO_O is not None
+    out = torch.empty(*(Q.shape[:2]), *(() if reduce_o else (rank,)), nheads, headdim,
+                      device=dev, dtype=out_dtype)
+    so = list(out.stride())
+    if reduce_o:
+        so.insert(2, 0)
+    if return_state:
+        fin_angle = torch.empty(nseq, nheads, n_angles, **f32)
+        fin_ssm = torch.empty(nseq, nheads, headdim, d_state, **f32)
+        fin_k = torch.empty(nseq, rank, nheads, d_state, device=dev, dtype=Q.dtype)
+    else:
+        fin_angle = fin_ssm = fin_k = dummy
+    z = Z if Z is not None else V
+    grid = (nheads * triton.cdiv(headdim, block_p), nseq)
+    _mimo_fwd_kernel[grid](
+        Q, K, V, z, Angles, *scalars, *params, *opt,
+        start if start is not None else dummy, angle0, cu if cu is not None else dummy,
+        out, fin_angle, fin_ssm, fin_k,
+        seqlen, rank, nheads // ngroups, headdim, d_state // 2, n_angles, NORM_EPS,
+        *Q.stride(), *V.stride(), *z.stride(), *Angles.stride(), *so, nheads,
+        CT=ct, RP=rp, BH=bh, BP=block_p, HAS_D=D is not None, HAS_Z=Z is not None,
+        HAS_NORM=Norm_Weight is not None, REDUCE_O=reduce_o, HAS_START=start is not None,
+        RETURN_STATE=return_state, IS_VARLEN=cu is not None, PRECISION=_precision(V),
+        num_warps=num_warps,
+    )
+    if not return_state:
+        return out, None
+    last = V[0, cu[1:].long() - 1] if cu is not None else V[:, -1]
+    return out, (fin_angle, fin_ssm, fin_k, last.contiguous())
+
+
+def _segments(seqlen: int, cu: Tensor | None) -> list[tuple[int, int]]:
+    return [(0, seqlen)] if cu is None else list(zip(cu[:-1].tolist(), cu[1:].tolist(),
+                                                     strict=True))
+
+
+def _prepare(args: dict, initial_state: Mamba3State | None, cu: Tensor | None):
+    """``mimo_inputs`` per sequence (differentiable), concatenated along the tokens."""
+    seqlen = args["V"].shape[1]
+    seq_axis = {"Q": 1, "K": 1, "V": 1, "Angles": 1, "ADT": 2, "DT": 2, "Trap": 2}
+    parts = []
+    for i, (lo, hi) in enumerate(_segments(seqlen, cu)):
+        part = {k: (v.narrow(seq_axis[k], lo, hi - lo) if k in seq_axis else v)
+                for k, v in args.items()}
+        state = initial_state
+        if cu is not None and state is not None:
+            state = tuple(s[i : i + 1] for s in state)
+        parts.append(mimo_inputs(**part, initial_state=state))
+    cat = {name: torch.cat([getattr(x, name) for x in parts], dim=1)
+           for name in ("q", "k", "v", "adt", "w", "gamma")}
+    cat["start"] = torch.cat([x.start for x in parts], dim=0)
+    return cat
+
+
+def _reverse_cumsum(x: Tensor, seqlen: int, cu: Tensor | None) -> Tensor:
+    """Suffix sums along the token axis (1), restarting at every sequence boundary."""
+    pieces = [x[:, lo:hi].flip(1).cumsum(1).flip(1) for lo, hi in _segments(seqlen, cu)]
+    return torch.cat(pieces, dim=1)
+
+
+def _scan_backward(dy: Tensor, rows: dict, has_start: bool, cu: Tensor | None,
+                   precision: str) -> dict[str, Tensor]:
+    """Gradients of the per-row scan inputs from the gradient of its per-rank output."""
+    q, k, v = (rows[n].detach().float().contiguous() for n in ("q", "k", "v"))
+    adt, w, gamma = (rows[n].detach().float().contiguous() for n in ("adt", "w", "gamma"))
+    start = rows["start"].detach().float().contiguous()
+    batch, seqlen, rank, nheads, d_state = q.shape
+    headdim = v.shape[-1]
+    nseq = start.shape[0]
+    ct, rp, _ = kernel_blocks(rank, d_state)
+    bn = max(16, triton.next_power_of_2(d_state))
+    bp = max(16, triton.next_power_of_2(headdim))
+    dy = dy.float().contiguous()
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dv = torch.empty_like(v)
+    gl, dwp, dgp = (torch.empty(q.shape[:4], device=q.device) for _ in range(3))
+    dstart = torch.empty_like(start)
+    cu_arg = cu if cu is not None else start
+    common = dict(CT=ct, RP=rp, BN=bn, BP=bp, IS_VARLEN=cu is not None, PRECISION=precision,
+                  num_warps=8)
+    _mimo_bwd_dq_kernel[(nheads, nseq)](
+        q, k, v, dy, adt, w, gamma, start, cu_arg, dq, gl,
+        seqlen, rank, nheads, d_state, headdim, HAS_START=has_start, **common)
+    _mimo_bwd_dkv_kernel[(nheads, nseq)](
+        q, k, v, dy, adt, w, gamma, cu_arg, dk, dv, dwp, dgp, dstart,
+        seqlen, rank, nheads, d_state, headdim, **common)
+    dw = dwp.sum(2)
+    d_later = gl.sum(2) - w * dw  # decay gradient per token, before the suffix sum
+    return {"q": dq, "k": dk, "v": dv, "adt": _reverse_cumsum(d_later, seqlen, cu),
+            "w": dw, "gamma": dgp.sum(2), "start": dstart}
+
+
+INPUT_NAMES = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles", "MIMO_V",
+               "MIMO_O", "D", "Z", "MIMO_Z", "Norm_Weight")
+PRE_NAMES = INPUT_NAMES[:10]
+POST_NAMES = ("D", "Z", "MIMO_Z", "MIMO_O", "Norm_Weight")
+
+
+class _MimoScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cu, return_state, n_state, *tensors):
+        args = dict(zip(INPUT_NAMES, tensors[: len(INPUT_NAMES)], strict=True))
+        state = tuple(tensors[len(INPUT_NAMES):]) if n_state else None
+        out, final = _forward(**args, initial_state=state, return_state=return_state, cu=cu,
+                              out_dtype=args["V"].dtype)
+        ctx.save_for_backward(*tensors)
+        ctx.cu, ctx.n_state = cu, n_state
+        if final is None:
+            return out
+        ctx.mark_non_differentiable(*final)
+        return (out, *final)
+
+    @staticmethod
+    def backward(ctx, dout, *_):
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(saved, needs, strict=True)]
+        args = dict(zip(INPUT_NAMES, leaves, strict=False))
+        state = tuple(leaves[len(INPUT_NAMES):]) or None
+        with torch.enable_grad():
+            rows = _prepare({k: args[k] for k in PRE_NAMES}, state, ctx.cu)
+            core_args = {**args, "MIMO_O": None, "D": None, "Z": None, "Norm_Weight": None}
+            y_core, _ = _forward(**{k: v.detach() if v is not None else None
+                                    for k, v in core_args.items()},
+                                 initial_state=state and tuple(s.detach() for s in state),
+                                 return_state=False, cu=ctx.cu, out_dtype=torch.float32)
+            y_core.requires_grad_()
+            v_rows = rows["v"].detach().requires_grad_()
+            out = mimo_epilogue(y_core, v_rows, *(args[k] for k in POST_NAMES), NORM_EPS)
+            post = [y_core, v_rows] + [args[k] for k in POST_NAMES
+                                       if args[k] is not None and args[k].requires_grad]
+            post_grads = dict(zip(map(id, post), torch.autograd.grad(
+                out, post, dout.to(out.dtype)), strict=True))
+            grads = _scan_backward(post_grads[id(y_core)], rows, state is not None, ctx.cu,
+                                   _precision(saved[2]))
+            grads["v"] = grads["v"] + post_grads[id(v_rows)]
+            outputs = [(rows[n], grads[n]) for n in grads if rows[n].requires_grad]
+            inputs = [x for x in leaves if x is not None and x.requires_grad]
+            pre_grads = dict(zip(map(id, inputs), torch.autograd.grad(
+                [o for o, _ in outputs], inputs, [g.to(o.dtype) for o, g in outputs],
+                allow_unused=True), strict=True)) if outputs and inputs else {}
+        result = [post_grads.get(id(x), pre_grads.get(id(x))) if x is not None else None
+                  for x in leaves]
+        return (None, None, None, *result)
+
+
+def mamba3_mimo_scan_triton(
+    Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor,
+    Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor | None,
+    D: Tensor | None = None, Z: Tensor | None = None, MIMO_Z: Tensor | None = None,
+    Norm_Weight: Tensor | None = None, initial_state: Mamba3State | None = None,
+    return_final_state: bool = False, cu_seqlens: Tensor | None = None,
+) -> Tensor | tuple[Tensor, Mamba3State]:
+    """The MIMO scan on CUDA; same arguments and results as ``mamba3_mimo_scan``."""
+    if Q.shape[-1] % 2:
+        raise ValueError(f"d_state must be even for the rotary pairs (i, i+N/2), got "
+                         f"{Q.shape[-1]}")
+    if Z is not None and MIMO_Z is None:
+        raise ValueError("Z needs MIMO_Z (nheads, rank, headdim)")
+    cu = cu_seqlens.to(device=V.device, dtype=torch.int32) if cu_seqlens is not None else None
+    tensors = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, MIMO_V, MIMO_O, D, Z, MIMO_Z,
+               Norm_Weight)
+    state = tuple(initial_state) if initial_state is not None else ()
+    result = _MimoScan.apply(cu, return_final_state, len(state), *tensors, *state)
+    if not return_final_state:
+        return result
+    out, *final = result
+    return out, tuple(final)
