@@ -1,7 +1,16 @@
-"""Public Mamba-3 SISO scan and decode step: dispatch between Triton and the reference."""
+"""Public Mamba-3 SISO scan and decode step: dispatch between Triton and the reference.
+
+CUDA tensors of dtype bfloat16, float16 or float32 go to the Triton kernels
+(``mamba3_siso_triton``) when Triton imports and the shapes suit them; everything else
+(CPU, float64, odd shapes) goes to the PyTorch reference. ``MAMBA3_DISABLE_TRITON=1``
+forces the reference.
+"""
 
 from __future__ import annotations
 
+import os
+
+import torch
 from torch import Tensor
 
 from mamba3_integrations.kernels.mamba3_siso_reference import (
@@ -9,6 +18,27 @@ from mamba3_integrations.kernels.mamba3_siso_reference import (
     mamba3_scan_reference,
     mamba3_step_reference,
 )
+
+try:
+    from mamba3_integrations.kernels import mamba3_siso_triton as _triton
+except ImportError:  # Triton is an optional extra
+    _triton = None
+
+TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def triton_supported(V: Tensor, d_state: int, chunk_size: int = 64) -> bool:
+    """Whether the Triton kernels take these inputs (else the reference runs)."""
+    return (
+        _triton is not None
+        and V.is_cuda
+        and V.dtype in TRITON_DTYPES
+        and os.environ.get("MAMBA3_DISABLE_TRITON", "0") in ("", "0")
+        and d_state % 2 == 0
+        and d_state <= 256
+        and V.shape[-1] <= 256
+        and chunk_size in (16, 32, 64, 128)
+    )
 
 
 def _check_scan_shapes(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, Angles: Tensor) -> None:
@@ -44,18 +74,60 @@ def mamba3_scan(
     initial_state: Mamba3State | None = None,
     return_final_state: bool = False,
     chunk_size: int = 64,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Mamba3State]:
-    """Mamba-3 SISO scan over a whole sequence (prefill).
+    """Mamba-3 SISO scan over a whole sequence (prefill). Differentiable.
 
     Shapes as in ``shared/golden/README.md``; states are ``(angle, ssm, k, v)``.
-    Returns ``out`` (b, l, H, P), or ``(out, final_state)`` with ``return_final_state``.
+    ``cu_seqlens`` (nseq + 1,) packs several sequences into batch row 0: each starts
+    from its own initial state (states then have nseq rows) and returns its own final
+    state. Returns ``out`` (b, l, H, P), or ``(out, final_state)`` with
+    ``return_final_state``.
     """
     _check_scan_shapes(Q, K, V, ADT, Angles)
-    return mamba3_scan_reference(
-        Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=D, Z=Z,
-        initial_state=initial_state, return_final_state=return_final_state,
-        chunk_size=chunk_size,
-    )
+    args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles)
+    if triton_supported(V, Q.shape[-1], chunk_size):
+        return _triton.mamba3_scan_triton(
+            *args, D=D, Z=Z, initial_state=initial_state,
+            return_final_state=return_final_state, chunk_size=chunk_size,
+            cu_seqlens=cu_seqlens,
+        )
+    if cu_seqlens is None:
+        return mamba3_scan_reference(
+            *args, D=D, Z=Z, initial_state=initial_state,
+            return_final_state=return_final_state, chunk_size=chunk_size,
+        )
+    return _scan_packed_reference(args, D, Z, initial_state, return_final_state, chunk_size,
+                                  cu_seqlens)
+
+
+def _scan_packed_reference(
+    args: tuple[Tensor, ...], D: Tensor | None, Z: Tensor | None,
+    initial_state: Mamba3State | None, return_final_state: bool, chunk_size: int,
+    cu_seqlens: Tensor,
+) -> Tensor | tuple[Tensor, Mamba3State]:
+    """The reference, one packed sequence at a time."""
+    bounds = [int(x) for x in cu_seqlens]
+    seqlen = args[0].shape[1]
+    if args[0].shape[0] != 1 or bounds[0] != 0 or bounds[-1] != seqlen or any(
+            a >= b for a, b in zip(bounds[:-1], bounds[1:], strict=True)):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to seqlen={seqlen} with "
+                         f"batch 1; got {bounds} for batch {args[0].shape[0]}")
+    time_axis = (1, 1, 1, 2, 2, 2, None, None, 1)
+    outs, finals = [], []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        part = [x if ax is None else x.narrow(ax, a, b - a)
+                for x, ax in zip(args, time_axis, strict=True)]
+        init = None if initial_state is None else tuple(s[i:i + 1] for s in initial_state)
+        out, final = mamba3_scan_reference(
+            *part, D=D, Z=None if Z is None else Z[:, a:b], initial_state=init,
+            return_final_state=True, chunk_size=chunk_size)
+        outs.append(out)
+        finals.append(final)
+    out = torch.cat(outs, dim=1)
+    if not return_final_state:
+        return out
+    return out, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
 
 
 def mamba3_step(
@@ -71,6 +143,21 @@ def mamba3_step(
     state: Mamba3State,
     D: Tensor | None = None,
     Z: Tensor | None = None,
+    out_state: Mamba3State | None = None,
 ) -> tuple[Tensor, Mamba3State]:
-    """One recurrent decode step (inputs without the seqlen axis); returns ``(y, new_state)``."""
-    return mamba3_step_reference(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, state, D=D, Z=Z)
+    """One recurrent decode step (inputs without the seqlen axis); returns ``(y, new_state)``.
+
+    On CUDA this is one fused Triton launch. The input state is left alone unless
+    ``out_state`` is given: the new state is then written into it (it may be the input
+    state itself, for an in-place update without a copy) and returned.
+    """
+    if triton_supported(V, Q.shape[-1]):
+        return _triton.mamba3_step_triton(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, state,
+                                          D=D, Z=Z, out_state=out_state)
+    y, new = mamba3_step_reference(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, state, D=D,
+                                   Z=Z)
+    if out_state is None:
+        return y, new
+    for dst, src in zip(out_state, new, strict=True):
+        dst.copy_(src.reshape(dst.shape))
+    return y, out_state

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mamba3_integrations.kernels import mamba3_siso_triton_bwd as bwd
 from mamba3_integrations.kernels import mamba3_siso_triton_fwd as fwd
+from mamba3_integrations.kernels import mamba3_siso_triton_step as step
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 STATE_BLOCK = 1024  # elements of the (P, N) state per state-passing program
@@ -155,7 +156,8 @@ def scan_forward(
         _, ssm0, k0, v0 = initial_state
         dt0, lam0 = _gates_at(DT, Trap, lay.first_tok)
         beta0 = ((1 - lam0) * dt0)[..., None, None]
-        start = _deinterleave(ssm0.float() + beta0 * v0.float()[..., None] * k0.float()[..., None, :])
+        outer = v0.float()[..., None] * k0.float()[..., None, :]
+        start = _deinterleave(ssm0.float() + beta0 * outer)
     final_ssm = torch.empty(lay.nseq, nheads, headdim, d_state, **f32)
     size = headdim * d_state
     fwd._state_passing_kernel[(lay.nseq, nheads, triton.cdiv(size, STATE_BLOCK))](
@@ -339,3 +341,28 @@ def mamba3_scan_triton(
     out, *final = _ScanFunction.apply(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z,
                                       *init, cu_seqlens, chunk_size)
     return (out, tuple(final)) if return_final_state else out
+
+
+def _unit_last(x: Tensor | None) -> Tensor | None:
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def mamba3_step_triton(
+    Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
+    K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
+    Z: Tensor | None = None, out_state: Mamba3State | None = None,
+) -> tuple[Tensor, Mamba3State]:
+    """One fused decode step; arguments as ``mamba3_step``.
+
+    The new state goes to ``out_state`` when given (contiguous tensors; they may be the
+    input state itself, updated in place), else to new tensors.
+    """
+    state = tuple(s.contiguous() for s in state)
+    if out_state is None:
+        out_state = tuple(torch.empty_like(s) for s in state)
+    elif not all(s.is_contiguous() for s in out_state):
+        raise ValueError("out_state tensors must be contiguous")
+    Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
+    y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
+    step.launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y)
+    return y, out_state
