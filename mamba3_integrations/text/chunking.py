@@ -16,7 +16,7 @@ from itertools import pairwise
 import numpy as np
 
 from mamba3_integrations.errors import ConfigError, InputError
-from mamba3_integrations.text.packing import pack, split_to_fit
+from mamba3_integrations.text.packing import Fits, pack, split_to_fit
 from mamba3_integrations.text.sentences import Span, split_sentences
 from mamba3_integrations.text.tokens import TokenCounter, count_word_tokens
 
@@ -123,14 +123,13 @@ class SemanticChunker:
         vectors = self._embed_all([window for group in windows for window in group])
         chunks = []
         offset = 0
-        for text, doc_id, spans in zip(documents, doc_ids, units, strict=True):
-            size = len(spans) if len(spans) > 1 else 0
-            distances = _cosine_distances(vectors[offset : offset + size])
-            offset += size
+        for text, doc_id, spans, group in zip(documents, doc_ids, units, windows, strict=True):
+            distances = _cosine_distances(vectors[offset : offset + len(group)])
+            offset += len(group)
             chunks.append(self._chunks(text, doc_id, spans, distances))
         return chunks
 
-    def _fits(self, text: str) -> Callable[[int, int], bool]:
+    def _fits(self, text: str) -> Fits:
         return lambda start, end: self.count_tokens(text[start:end]) <= self.max_tokens
 
     def _sentence_units(self, text: str) -> list[Span]:
@@ -154,9 +153,12 @@ class SemanticChunker:
         ]
 
     def _embed_all(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` in batches. A blank text (a whitespace piece of an over-long sentence)
+        is not sent to ``embed``; it takes the vector of the text before it (or the first)."""
+        filled = [i for i, text in enumerate(texts) if text]
         batches = []
-        for first in range(0, len(texts), self.embed_batch_size):
-            batch = texts[first : first + self.embed_batch_size]
+        for first in range(0, len(filled), self.embed_batch_size):
+            batch = [texts[i] for i in filled[first : first + self.embed_batch_size]]
             vectors = np.asarray(self.embed(batch), dtype=np.float64)
             if vectors.ndim != 2 or len(vectors) != len(batch):
                 raise ConfigError(
@@ -165,10 +167,11 @@ class SemanticChunker:
                 )
             batches.append(vectors)
         if not batches:
-            return np.zeros((0, 0))
+            return np.zeros((len(texts), 1))
         if len({batch.shape[1] for batch in batches}) > 1:
             raise ConfigError("embed returned vectors of different sizes across batches")
-        return np.concatenate(batches)
+        source = np.searchsorted(filled, np.arange(len(texts)), side="right") - 1
+        return np.concatenate(batches)[np.maximum(source, 0)]
 
     def _breaks(self, distances: np.ndarray) -> np.ndarray:
         """Indices ``i`` such that a chunk boundary falls between unit ``i`` and ``i + 1``."""

@@ -105,6 +105,14 @@ def test_word_longer_than_max_tokens_is_cut_between_characters():
     assert [len(chunk.text) for chunk in chunks[:-1]] == [64] * 15
 
 
+def test_whitespace_pieces_under_a_tight_bound_are_never_embedded():
+    text = "abc   de. fgh"
+    chunker = SemanticChunker(
+        embed=nonblank_topic_embed, count_tokens=len, max_tokens=3, buffer_size=0
+    )
+    assert [chunk.text for chunk in chunker.chunk(text)] == ["abc", "   ", "de.", " ", "fgh"]
+
+
 def test_code_block_is_kept_whole_when_it_fits_and_cut_at_lines_when_not():
     code = (
         "```python\n" + "".join(f"value_{i} = compute({i}). result\n" for i in range(12)) + "```\n"
@@ -225,13 +233,18 @@ def random_text(rng: random.Random) -> str:
     return text if text.strip() else text + "x"
 
 
+def nonblank_topic_embed(texts: list[str]) -> list[list[float]]:
+    assert all(text.strip() for text in texts), "blank text sent to embed"
+    return topic_embed(texts)
+
+
 @pytest.mark.parametrize("seed", range(150))
 def test_chunks_rebuild_random_texts_under_random_options(seed):
     rng = random.Random(seed)
     text = random_text(rng)
     max_tokens = rng.randint(1, 80)
     chunker = SemanticChunker(
-        embed=topic_embed,
+        embed=nonblank_topic_embed,
         count_tokens=rng.choice([count_word_tokens, len]),
         breakpoint=rng.choice(sorted(BREAKPOINT_DEFAULTS)),
         buffer_size=rng.randint(0, 3),
