@@ -1,0 +1,163 @@
+"""Fused Mamba-3 MIMO decode step on CUDA through Triton: one launch per layer and token.
+
+One program per (head, batch row) reads the (P, N) state once, adds the previous and
+the new token's outer products of every rank, produces the gated, rank-contracted
+output and writes the new state (optionally in place). Computes what
+``mamba3_mimo_step_reference`` computes, with the pairing (n, n + N/2) for every N.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import PI, TWO_PI, _tanh
+from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
+
+NORM_EPS = 1e-5
+
+
+@triton.jit
+def _rotated(X, XB, x_at, bias_at, n, half, mask, cos, sin):
+    """Low and high halves of ``rot(X + bias)`` (float32)."""
+    lo = tl.load(X + x_at + n, mask=mask, other=0.0).to(tl.float32)
+    hi = tl.load(X + x_at + half + n, mask=mask, other=0.0).to(tl.float32)
+    lo += tl.load(XB + bias_at + n, mask=mask, other=0.0).to(tl.float32)
+    hi += tl.load(XB + bias_at + half + n, mask=mask, other=0.0).to(tl.float32)
+    return lo * cos - hi * sin, lo * sin + hi * cos
+
+
+@triton.jit
+def _mimo_step_kernel(
+    Q, K, V, Z, ANG, ADT, DT, TRAP, QB, KB, MV, MZ, MO, DSKIP, NW,
+    ANGLE, SSM, KST, VST, ANGLE_OUT, SSM_OUT, KST_OUT, VST_OUT, OUT,
+    nheads, heads_per_group, headdim, half, n_angles, eps,
+    sq_b, sq_r, sq_g, sv_b, sv_h, sz_b, sz_h, sa_b, sa_h, ss_b, ss_h, ss_p,
+    sk_b, sk_r, sk_h, sx_b, sx_h, st_b, st_h, so_b, so_h,
+    R: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
+):
+    """ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states by strides
+    (the output state tensors may be the input ones)."""
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    g = h // heads_per_group
+    n = tl.arange(0, BH)
+    n_ok = n < half
+    p = tl.arange(0, BP)
+    p_ok = p < headdim
+    state_mask = p_ok[:, None] & n_ok[None, :]
+
+    adt = tl.load(ADT + b * nheads + h).to(tl.float32)
+    dt = tl.load(DT + b * nheads + h).to(tl.float32)
+    lam = tl.sigmoid(tl.load(TRAP + b * nheads + h).to(tl.float32))
+    alpha = tl.exp(adt)
+    beta = (1 - lam) * dt * alpha
+    gamma = lam * dt
+
+    angle_ok = n < n_angles
+    theta = tl.load(ANGLE + b * st_b + h * st_h + n, mask=angle_ok, other=0.0)
+    ang = tl.load(ANG + b * sa_b + h * sa_h + n, mask=angle_ok, other=0.0).to(tl.float32)
+    theta += _tanh(ang) * dt * PI
+    theta = theta - TWO_PI * tl.floor(theta / TWO_PI)
+    cos = tl.cos(theta)
+    sin = tl.sin(theta)
+
+    x = tl.load(V + b * sv_b + h * sv_h + p, mask=p_ok, other=0.0).to(tl.float32)
+    x_prev = tl.load(VST + b * sx_b + h * sx_h + p, mask=p_ok, other=0.0).to(tl.float32)
+    state_at = b * ss_b + h * ss_h + p[:, None] * ss_p + n[None, :]
+    s_lo = alpha * tl.load(SSM + state_at, mask=state_mask, other=0.0).to(tl.float32)
+    s_hi = alpha * tl.load(SSM + state_at + half, mask=state_mask, other=0.0).to(tl.float32)
+
+    # State: beta * sum_r v'_r k'_r^T (previous token) + gamma * sum_r v_r k_r^T.
+    for r in tl.static_range(R):
+        mx = tl.load(MV + (h * R + r) * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
+        k_at = b * sk_b + r * sk_r + h * sk_h
+        kp_lo = tl.load(KST + k_at + n, mask=n_ok, other=0.0).to(tl.float32)
+        kp_hi = tl.load(KST + k_at + half + n, mask=n_ok, other=0.0).to(tl.float32)
+        k_lo, k_hi = _rotated(K, KB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
+                              n, half, n_ok, cos, sin)
+        vp = (beta * x_prev * mx)[:, None]
+        vn = (gamma * x * mx)[:, None]
+        s_lo += vp * kp_lo[None, :] + vn * k_lo[None, :]
+        s_hi += vp * kp_hi[None, :] + vn * k_hi[None, :]
+
+    # Output: per rank y_r = S q_r + D v_r, norm, gate, contract with MIMO_O.
+    if HAS_D:
+        d_skip = tl.load(DSKIP + h).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(Z + b * sz_b + h * sz_h + p, mask=p_ok, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        norm_w = tl.load(NW + h * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
+    out = tl.zeros((BP,), dtype=tl.float32)
+    for r in tl.static_range(R):
+        proj_at = (h * R + r) * headdim + p
+        q_lo, q_hi = _rotated(Q, QB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
+                              n, half, n_ok, cos, sin)
+        y = tl.sum(s_lo * q_lo[None, :], 1) + tl.sum(s_hi * q_hi[None, :], 1)
+        if HAS_D:
+            y += d_skip * x * tl.load(MV + proj_at, mask=p_ok, other=0.0).to(tl.float32)
+        if HAS_NORM:
+            y = y * tl.rsqrt(tl.sum(y * y, 0) / headdim + eps) * norm_w
+        if HAS_Z:
+            zr = z * tl.load(MZ + proj_at, mask=p_ok, other=0.0).to(tl.float32)
+            y = y * zr * tl.sigmoid(zr)
+        out += y * tl.load(MO + proj_at, mask=p_ok, other=0.0).to(tl.float32)
+    tl.store(OUT + b * so_b + h * so_h + p, out.to(OUT.dtype.element_ty), mask=p_ok)
+
+    tl.debug_barrier()  # every read of the old state is done before it is overwritten
+    for r in tl.static_range(R):
+        k_lo, k_hi = _rotated(K, KB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
+                              n, half, n_ok, cos, sin)
+        k_at = b * sk_b + r * sk_r + h * sk_h
+        tl.store(KST_OUT + k_at + n, k_lo.to(KST_OUT.dtype.element_ty), mask=n_ok)
+        tl.store(KST_OUT + k_at + half + n, k_hi.to(KST_OUT.dtype.element_ty), mask=n_ok)
+    tl.store(SSM_OUT + state_at, s_lo.to(SSM_OUT.dtype.element_ty), mask=state_mask)
+    tl.store(SSM_OUT + state_at + half, s_hi.to(SSM_OUT.dtype.element_ty), mask=state_mask)
+    tl.store(VST_OUT + b * sx_b + h * sx_h + p, x.to(VST_OUT.dtype.element_ty), mask=p_ok)
+    tl.store(ANGLE_OUT + b * st_b + h * st_h + n, theta, mask=angle_ok)
+
+
+def mamba3_mimo_step_triton(
+    Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor,
+    Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
+    state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
+    MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
+) -> tuple[Tensor, Mamba3State]:
+    """One fused decode step; arguments and results as ``mamba3_mimo_step``."""
+    batch, rank, ngroups, d_state = Q.shape
+    nheads, headdim = V.shape[1], V.shape[2]
+    if d_state % 2:
+        raise ValueError(f"d_state must be even for the rotary pairs (i, i+N/2), got {d_state}")
+    if MIMO_O is None:
+        raise ValueError("the decode step contracts the ranks: MIMO_O is required")
+    if Z is not None and MIMO_Z is None:
+        raise ValueError("Z needs MIMO_Z (nheads, rank, headdim)")
+    angle, ssm, k_state, v_state = state
+    if not all(s.is_contiguous() for s in state):
+        raise ValueError("the decode state tensors (angle, ssm, k, v) must be contiguous")
+    new = state if inplace else tuple(torch.empty_like(s) for s in state)
+    out = torch.empty(batch, nheads, headdim, device=V.device, dtype=V.dtype)
+    scalars = [t.contiguous() for t in (ADT, DT, Trap)]
+    params = [t.contiguous() for t in (Q_bias, K_bias, MIMO_V)]
+    dummy = torch.empty(1, device=V.device)
+    opt = [t.contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O, D, Norm_Weight)]
+    z = Z if Z is not None else V
+    for t in (Q, K, V, z, Angles):
+        if t.stride(-1) != 1:
+            raise ValueError("Q, K, V, Z and Angles must be contiguous in their last axis")
+    _mimo_step_kernel[(nheads, batch)](
+        Q, K, V, z, Angles, *scalars, *params, *opt, *state, *new, out,
+        nheads, nheads // ngroups, headdim, d_state // 2, Angles.shape[-1], NORM_EPS,
+        Q.stride(0), Q.stride(1), Q.stride(2), V.stride(0), V.stride(1), z.stride(0),
+        z.stride(1), Angles.stride(0), Angles.stride(1), ssm.stride(0), ssm.stride(1),
+        ssm.stride(2), k_state.stride(0), k_state.stride(1), k_state.stride(2),
+        v_state.stride(0), v_state.stride(1), angle.stride(0), angle.stride(1),
+        out.stride(0), out.stride(1),
+        R=rank, BH=max(16, triton.next_power_of_2(d_state // 2)),
+        BP=max(16, triton.next_power_of_2(headdim)), HAS_D=D is not None, HAS_Z=Z is not None,
+        HAS_NORM=Norm_Weight is not None, num_warps=4,
+    )
+    return out, tuple(new)
