@@ -167,7 +167,13 @@ class _Compiler:
         return sql.SQL("({})").format(sql.SQL(glue).join(parts))
 
     def _condition(self, cond: Condition) -> sql.Composable:
-        op = Op(cond.op)
+        try:
+            op = Op(cond.op)
+        except ValueError:
+            known = ", ".join(member.value for member in Op)
+            raise InvalidFilterError(
+                f"Unknown filter operator {cond.op!r}; use one of {known}."
+            ) from None
         value = sql.SQL("(metadata #> {})").format(self.bind(split_key(cond.key)))
         if op is Op.EQ:
             return sql.SQL("({} = {})").format(value, self._jsonb(_scalar(cond)))
@@ -209,12 +215,11 @@ class _Compiler:
             return sql.SQL(
                 "({v} IS NULL OR {v} = 'null'::jsonb OR {v} = '\"\"'::jsonb OR {v} = '[]'::jsonb)"
             ).format(v=value)
-        if op is Op.EXISTS:
-            if not isinstance(cond.value, bool):
-                raise _bad_value(cond, "True or False")
-            test = "IS NOT NULL" if cond.value else "IS NULL"
-            return sql.SQL("({} {})").format(value, sql.SQL(test))
-        raise InvalidFilterError(f"Unsupported filter operator {op!r}.")
+        # Op.EXISTS is the only operator left.
+        if not isinstance(cond.value, bool):
+            raise _bad_value(cond, "True or False")
+        test = "IS NOT NULL" if cond.value else "IS NULL"
+        return sql.SQL("({} {})").format(value, sql.SQL(test))
 
     def _jsonb(self, value: Any) -> sql.Composable:
         return sql.SQL("{}::jsonb").format(self.bind(Jsonb(value)))

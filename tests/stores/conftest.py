@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,16 +54,22 @@ class EmbeddedPostgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """Start one server in a temporary directory; delete it at the end of the session."""
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """Start one server in a fresh temporary directory; delete both at the end of the session.
+
+    The directory is not under pytest's ``tmp_path``: that tree is private to its owner, and
+    when running as root the server runs as another user that must be able to reach it.
+    """
     pgserver = pytest.importorskip("pgserver")
-    data_dir = tmp_path_factory.mktemp("pgvector") / "data"
+    parent = Path(tempfile.mkdtemp(prefix="mamba3-pgvector-tests-"))
+    data_dir = parent / "data"
     server = pgserver.get_server(data_dir, cleanup_mode="delete")
     info = server.get_postmaster_info()
     try:
         yield EmbeddedPostgres(server.get_uri(), data_dir, info.socket_dir, server.system_user)
     finally:
         server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture
