@@ -1,0 +1,206 @@
+"""The MIMO Triton kernels against the PyTorch reference on small awkward shapes.
+
+Without CUDA the kernels run under ``TRITON_INTERPRET=1`` on the CPU; the ``gpu`` tests
+(16-bit inputs, the public dispatch) need a CUDA device and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
+
+pytest.importorskip("triton")
+
+from mamba3_integrations.kernels import mamba3_mimo_scan, mamba3_mimo_step  # noqa: E402
+from mamba3_integrations.kernels.mamba3_mimo_reference import (  # noqa: E402
+    mamba3_mimo_scan_reference,
+    mamba3_mimo_step_reference,
+)
+from mamba3_integrations.kernels.mamba3_mimo_triton import (  # noqa: E402
+    _forward,
+    mamba3_mimo_scan_triton,
+)
+from mamba3_integrations.kernels.mamba3_mimo_triton_step import (  # noqa: E402
+    mamba3_mimo_step_triton,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+SEQ_AXIS = {"Q": 1, "K": 1, "V": 1, "Z": 1, "Angles": 1, "ADT": 2, "DT": 2, "Trap": 2}
+
+
+def along_seq(x: dict, index: slice | int) -> dict:
+    """Scan inputs cut along the tokens (an int drops the axis, as a step wants)."""
+    return {k: v[(slice(None),) * SEQ_AXIS[k] + (index,)] if k in SEQ_AXIS else v
+            for k, v in x.items()}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch: int, seqlen: int, rank: int, ngroups: int, nheads: int, d_state: int,
+                headdim: int, n_angles: int, norm: bool = False, seed: int = 0,
+                step: bool = False) -> dict:
+    """Random scan inputs (float64 on the CPU); ``step`` drops the seqlen axis."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    lead = (batch,) if step else (batch, seqlen)
+    scal = (batch, nheads) if step else (batch, nheads, seqlen)
+    dt = torch.nn.functional.softplus(rand(*scal) - 2)
+    return dict(
+        Q=rand(*lead, rank, ngroups, d_state), K=rand(*lead, rank, ngroups, d_state),
+        V=rand(*lead, nheads, headdim), ADT=-dt * torch.rand(*scal, generator=g), DT=dt,
+        Trap=rand(*scal), Q_bias=rand(nheads, rank, d_state), K_bias=rand(nheads, rank, d_state),
+        Angles=rand(*lead, nheads, n_angles) * 2, MIMO_V=rand(nheads, rank, headdim) / rank,
+        MIMO_O=rand(nheads, rank, headdim) / rank, D=rand(nheads), Z=rand(*lead, nheads, headdim),
+        MIMO_Z=rand(nheads, rank, headdim), Norm_Weight=rand(nheads, headdim) if norm else None,
+    )
+
+
+def make_state(nseq: int, rank: int, nheads: int, d_state: int, headdim: int, n_angles: int,
+               seed: int = 1) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(nseq, nheads, n_angles, generator=g, dtype=torch.float64) * 6,
+            torch.randn(nseq, nheads, headdim, d_state, generator=g, dtype=torch.float64),
+            torch.randn(nseq, rank, nheads, d_state, generator=g, dtype=torch.float64),
+            torch.randn(nseq, nheads, headdim, generator=g, dtype=torch.float64))
+
+
+def cast(obj, dtype: torch.dtype, device: str = DEVICE):
+    """Tensors (in dicts/tuples) to ``device``; activations to ``dtype``, parameters and
+    angles and states to float32 (as a model keeps them)."""
+    if isinstance(obj, dict):
+        low = {"Q", "K", "V", "Z", "Trap"}
+        return {k: None if v is None else v.to(device, dtype if k in low else torch.float32)
+                for k, v in obj.items()}
+    return tuple(s.to(device, dtype if i >= 2 else torch.float32) for i, s in enumerate(obj))
+
+
+# batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, block_p
+FORWARD_CASES = [
+    (2, 37, 4, 1, 2, 32, 16, 8, False, False, None),   # several chunks, tail chunk
+    (1, 1, 2, 2, 4, 48, 16, 12, True, True, None),     # one token, N not a power of two
+    (2, 70, 1, 1, 2, 16, 16, 8, False, True, None),    # rank 1, chunk 64
+    (1, 20, 8, 2, 2, 32, 32, 16, False, False, 16),    # rank 8, rope 1.0, headdim in 2 tiles
+    (1, 33, 3, 1, 2, 40, 24, 10, True, True, None),    # rank 3 (padded), headdim 24
+]
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=str)
+def test_forward_matches_reference(case):
+    batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, bp = case
+    x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
+    init = make_state(batch, rank, nheads, d_state, headdim, n_angles) if state else None
+    args = cast(x, torch.float32)
+    init32 = cast(init, torch.float32) if init else None
+    out, final = _forward(**args, initial_state=init32, return_state=True, cu=None,
+                          out_dtype=torch.float32, block_p=bp)
+    ref, ref_final = mamba3_mimo_scan_reference(**x, initial_state=init, return_final_state=True)
+    assert rel_err(out, ref) < 1e-5
+    angle, *rest = final
+    d = torch.remainder(angle.double().cpu() - ref_final[0] + torch.pi, 2 * torch.pi) - torch.pi
+    assert d.abs().max() < 1e-5
+    for ours, theirs in zip(rest, ref_final[1:], strict=True):
+        assert rel_err(ours, theirs) < 1e-5
+
+
+def test_per_rank_output_and_packed_sequences():
+    x = make_inputs(1, 40, 4, 2, 4, 16, 16, 4)
+    x["MIMO_O"] = None
+    cu = torch.tensor([0, 7, 8, 40])
+    init = make_state(3, 4, 4, 16, 16, 4)
+    out, final = mamba3_mimo_scan_triton(**cast(x, torch.float32),
+                                         initial_state=cast(init, torch.float32),
+                                         return_final_state=True, cu_seqlens=cu)
+    assert out.shape == (1, 40, 4, 4, 16)
+    for i, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        ref, ref_final = mamba3_mimo_scan_reference(
+            **along_seq(x, slice(lo, hi)), initial_state=tuple(s[i : i + 1] for s in init),
+            return_final_state=True)
+        assert rel_err(out[:, lo:hi], ref) < 1e-5
+        for ours, theirs in zip(final[1:], ref_final[1:], strict=True):
+            assert rel_err(ours[i : i + 1], theirs) < 1e-5
+
+
+GRAD_CASES = [  # batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, cu
+    (2, 37, 4, 1, 2, 32, 16, 8, False, None),
+    (1, 21, 2, 2, 4, 48, 16, 12, True, None),
+    (1, 40, 8, 1, 2, 16, 16, 8, False, [0, 7, 8, 40]),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_backward_matches_autograd_through_the_reference(case):
+    batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, cu = case
+    x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
+    nseq = batch if cu is None else len(cu) - 1
+    init = make_state(nseq, rank, nheads, d_state, headdim, n_angles)
+    cu_t = torch.tensor(cu) if cu is not None else None
+    weights = torch.randn(batch, seqlen, nheads, headdim, dtype=torch.float64)
+
+    def grads(dtype: torch.dtype, device: str, scan) -> dict:
+        leaves = {k: v.to(device, dtype).requires_grad_() for k, v in x.items() if v is not None}
+        state = tuple(s.to(device, dtype).requires_grad_() for s in init)
+        out = scan(**leaves, initial_state=state, cu_seqlens=cu_t)
+        (out * weights.to(device, dtype)).sum().backward()
+        named = {k: v.grad for k, v in leaves.items()}
+        named.update({f"state{i}": s.grad for i, s in enumerate(state)})
+        return named
+
+    ours = grads(torch.float32, DEVICE, mamba3_mimo_scan_triton)
+    theirs = grads(torch.float64, "cpu", mamba3_mimo_scan)
+    for name, g in theirs.items():
+        assert rel_err(ours[name].cpu(), g) < 2e-5, name
+
+
+# batch, rank, ngroups, nheads, d_state, headdim, n_angles, norm
+STEP_CASES = [
+    (2, 1, 1, 2, 16, 16, 8, False),
+    (3, 2, 2, 4, 48, 16, 12, True),
+    (2, 4, 1, 2, 32, 16, 8, False),
+    (1, 8, 2, 4, 64, 32, 32, True),
+]
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=str)
+def test_step_matches_reference(case):
+    batch, rank, ngroups, nheads, d_state, headdim, n_angles, norm = case
+    x = make_inputs(batch, 1, rank, ngroups, nheads, d_state, headdim, n_angles, norm, step=True)
+    state = make_state(batch, rank, nheads, d_state, headdim, n_angles)
+    ref_y, ref_state = mamba3_mimo_step_reference(**x, state=state)
+    live = cast(state, torch.float32)
+    y, new = mamba3_mimo_step_triton(**cast(x, torch.float32), state=live, inplace=True)
+    assert all(a is b for a, b in zip(new, live, strict=True))
+    assert rel_err(y, ref_y) < 1e-5
+    for ours, theirs in zip(new, ref_state, strict=True):
+        assert rel_err(ours, theirs) < 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_public_dispatch_on_cuda(dtype):
+    """16-bit inputs with float32 states through ``mamba3_mimo_scan``/``_step`` on CUDA."""
+    x = make_inputs(2, 300, 4, 2, 4, 64, 32, 16, norm=True)
+    init = make_state(2, 4, 4, 64, 32, 16)
+    out, final = mamba3_mimo_scan(**cast(x, dtype), initial_state=cast(init, dtype),
+                                  return_final_state=True)
+    ref, ref_final = mamba3_mimo_scan_reference(**x, initial_state=init, return_final_state=True)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < tol
+    assert rel_err(final[1].cpu(), ref_final[1]) < tol
+    new_token = along_seq(make_inputs(2, 1, 4, 2, 4, 64, 32, 16, seed=5), 0)
+    token = {**x, **{k: new_token[k] for k in SEQ_AXIS}}
+    y, _ = mamba3_mimo_step(**cast(token, dtype), state=final, inplace=True)
+    ref_y, _ = mamba3_mimo_step_reference(**token, state=ref_final)
+    assert rel_err(y.cpu(), ref_y) < tol
