@@ -31,8 +31,8 @@ class OrderPreservingCompressor(BaseDocumentCompressor):
     Metadata is read with the first key present in each tuple: the score from ``score_keys``
     (when any document has none, every document is scored by retrieval rank: 1, 1/2, 1/3, ...),
     the source document from ``doc_id_keys`` (else the document's ``id``, else it stands
-    alone), the position from ``position_keys`` (else retrieval order). ``start_index`` plus the
-    text length gives the character span used by ``merge_adjacent``.
+    alone), the position from ``position_keys`` (documents without one come first, in retrieval
+    order). ``start_index`` plus the text length gives the span used by ``merge_adjacent``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -65,20 +65,21 @@ class OrderPreservingCompressor(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         count_tokens = token_counter(self.tokenizer)
         scores = scores_or_ranks([self._score(doc) for doc in documents])
-        first_rank: dict[str, int] = {}  # a document retrieved twice keeps one fallback position
+        first_rank: dict[str, int] = {}  # a document retrieved twice keeps its first rank
         chunks = []
         for rank, (doc, score) in enumerate(zip(documents, scores, strict=True)):
             start = doc.metadata.get(START_INDEX_KEY)
             has_start = isinstance(start, int)
             doc_id = _first_of(doc.metadata, self.doc_id_keys)
             position = _first_of(doc.metadata, self.position_keys)
-            fallback = first_rank.setdefault(doc.id or doc.page_content, rank)
+            first = first_rank.setdefault(doc.id or doc.page_content, rank)
             chunks.append(
                 ScoredChunk(
                     text=doc.page_content,
                     score=score,
-                    doc_id=str(doc_id if doc_id is not None else doc.id or f"#{fallback}"),
-                    index=position if isinstance(position, int) else fallback,
+                    doc_id=str(doc_id if doc_id is not None else doc.id or f"#{first}"),
+                    # Without a position: negative, in retrieval order, never a real position.
+                    index=position if isinstance(position, int) else first - len(documents),
                     start_char=start if has_start else None,
                     end_char=start + len(doc.page_content) if has_start else None,
                     metadata=doc.metadata,

@@ -31,11 +31,11 @@ from mamba3_integrations.text.tokens import TokenCounter, token_counter
 class OrderPreservingPostprocessor(BaseNodePostprocessor):
     """Keep the most relevant nodes within a token budget and return them in reading order.
 
-    Documents come in the order of their best node; inside a document, nodes follow their
-    position: ``start_char_idx``, else ``metadata[position_metadata_key]``, else retrieval
-    order. The document is ``node.ref_doc_id`` (the SOURCE relationship), else the node itself.
-    Nodes without a score are ranked by retrieval order (see ``scores_or_ranks``).
-    The budget counts what the LLM sees of each node (text plus LLM metadata).
+    The document of a node is ``node.ref_doc_id`` (the SOURCE relationship), else the node
+    itself. Documents come in the order of their best node; inside a document, nodes follow
+    ``start_char_idx``, else ``metadata[position_metadata_key]``; nodes with neither come
+    first, in retrieval order. Nodes without a score are ranked by retrieval order (see
+    ``scores_or_ranks``). The budget counts what the LLM sees of a node (text, LLM metadata).
     """
 
     min_score: float | None = Field(default=None, description="Drop nodes scoring below.")
@@ -76,10 +76,12 @@ class OrderPreservingPostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         count_tokens = token_counter(self.tokenizer)
         scores = scores_or_ranks([node.score for node in nodes])
-        first_rank: dict[str, int] = {}  # a node retrieved twice keeps one fallback position
+        # Position of a node without one: negative, in retrieval order, so it never collides
+        # with a real offset; a node retrieved twice keeps its first.
+        fallback: dict[str, int] = {}
         chunks = [
             self._scored_chunk(
-                node, score, first_rank.setdefault(node.node.node_id, rank), count_tokens
+                node, score, fallback.setdefault(node.node.node_id, rank - len(nodes)), count_tokens
             )
             for rank, (node, score) in enumerate(zip(nodes, scores, strict=True))
         ]
@@ -102,7 +104,7 @@ class OrderPreservingPostprocessor(BaseNodePostprocessor):
         return results
 
     def _scored_chunk(
-        self, result: NodeWithScore, score: float, rank: int, count_tokens: TokenCounter
+        self, result: NodeWithScore, score: float, fallback: int, count_tokens: TokenCounter
     ) -> ScoredChunk:
         node = result.node
         start = node.start_char_idx if isinstance(node, TextNode) else None
@@ -114,7 +116,7 @@ class OrderPreservingPostprocessor(BaseNodePostprocessor):
             text=node.get_content(metadata_mode=MetadataMode.NONE),
             score=score,
             doc_id=node.ref_doc_id or node.node_id,
-            index=position if isinstance(position, int) else rank,
+            index=position if isinstance(position, int) else fallback,
             start_char=start,
             end_char=end,
             token_count=count_tokens(node.get_content(metadata_mode=MetadataMode.LLM)),

@@ -151,6 +151,19 @@ def test_nodes_without_scores_or_offsets_use_retrieval_rank_and_metadata_positio
     assert [r.score for r in by_metadata.postprocess_nodes(unscored)] == [None, None]
 
 
+def test_nodes_without_positions_never_collide_with_real_offsets():
+    source = Document(text="at zero, and more", id_="doc").as_related_node_info()
+    relationships = {NodeRelationship.SOURCE: source}
+    placed = TextNode(
+        text="at zero", id_="a", start_char_idx=0, end_char_idx=7, relationships=relationships
+    )
+    unplaced = TextNode(text="unknown", id_="b", relationships=relationships)
+    results = OrderPreservingPostprocessor().postprocess_nodes(
+        [NodeWithScore(node=unplaced, score=0.9), NodeWithScore(node=placed, score=0.8)]
+    )
+    assert [r.node.text for r in results] == ["unknown", "at zero"]
+
+
 async def test_async_postprocessing_matches_sync():
     postprocessor = OrderPreservingPostprocessor(token_budget=6)
     nodes = merged_fixture_nodes()
