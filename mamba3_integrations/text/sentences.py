@@ -50,9 +50,9 @@ _MAYBE_FINAL = frozenset({"etc", "al", "inc", "ltd", "co", "corp", "bros", "jr",
 def split_sentences(text: str) -> list[Span]:
     """Return ``(start, end)`` spans, in order, that cover ``text`` exactly (``[]`` if empty)."""
     starts: list[int] = []
-    for start, end, kind in _blocks(text):
+    for start, end, is_paragraph in _blocks(text):
         starts.append(start)
-        if kind == "paragraph":
+        if is_paragraph:
             marker = _LIST_ITEM.match(text, start, end)
             starts.extend(_sentence_starts(text, marker.end() if marker else start, end))
     edges = [0, *starts[1:], len(text)]
@@ -75,8 +75,8 @@ def _classify(line: str) -> str:
     return "text"
 
 
-def _blocks(text: str) -> Iterator[tuple[int, int, str]]:
-    """Yield ``(line start, content end, kind)`` of each block, kind in paragraph/code/other."""
+def _blocks(text: str) -> Iterator[tuple[int, int, bool]]:
+    """Yield ``(first line start, content end, is paragraph)`` for each block, in order."""
     block: list = []  # [start, end, kind] of the open block
     fence = ""  # opening fence of an unclosed fenced code block
     after_blank = True
@@ -85,7 +85,8 @@ def _blocks(text: str) -> Iterator[tuple[int, int, str]]:
         line_end = match.start() + len(line)
         if fence:
             block[1] = line_end
-            if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+            stripped = line.strip()
+            if stripped.startswith(fence) and not stripped.strip(fence[0]):
                 fence = ""
             continue
         kind = _classify(line)
@@ -103,16 +104,12 @@ def _blocks(text: str) -> Iterator[tuple[int, int, str]]:
             block[1] = line_end
             continue
         if block:
-            yield block[0], block[1], _unit_kind(block[2])
+            yield block[0], block[1], block[2] == "paragraph"
         if kind == "fence":
             fence = _FENCE_OPEN.match(line).group(1)
         block = [match.start(), line_end, "paragraph" if kind in ("text", "item") else kind]
     if block:
-        yield block[0], block[1], _unit_kind(block[2])
-
-
-def _unit_kind(block_kind: str) -> str:
-    return "paragraph" if block_kind == "paragraph" else "unit"
+        yield block[0], block[1], block[2] == "paragraph"
 
 
 def _sentence_starts(text: str, start: int, end: int) -> Iterator[int]:
