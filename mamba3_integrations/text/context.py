@@ -2,8 +2,9 @@
 
 ``select_context`` drops chunks under ``min_score``, removes duplicates, keeps the best chunks
 that fit ``token_budget``, then orders them document by document (the document holding the
-best chunk first) and, inside a document, by position. The result depends only on the set of
-input chunks, never on their input order. ``render_context`` formats the selection for a prompt.
+best chunk first) and, inside a document, by position. The result depends on the set of input
+chunks, not on their order (bar duplicates differing only in metadata). ``render_context``
+formats the selection for a prompt.
 """
 
 from __future__ import annotations
