@@ -143,21 +143,20 @@ def mamba3_step(
     state: Mamba3State,
     D: Tensor | None = None,
     Z: Tensor | None = None,
-    out_state: Mamba3State | None = None,
+    inplace: bool = False,
 ) -> tuple[Tensor, Mamba3State]:
     """One recurrent decode step (inputs without the seqlen axis); returns ``(y, new_state)``.
 
-    On CUDA this is one fused Triton launch. The input state is left alone unless
-    ``out_state`` is given: the new state is then written into it (it may be the input
-    state itself, for an in-place update without a copy) and returned.
+    On CUDA this is one fused Triton launch. With ``inplace`` the new state overwrites
+    ``state`` (no copy; the tensors are returned), else the input state is left alone.
     """
     if triton_supported(V, Q.shape[-1]):
         return _triton.mamba3_step_triton(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, state,
-                                          D=D, Z=Z, out_state=out_state)
+                                          D=D, Z=Z, inplace=inplace)
     y, new = mamba3_step_reference(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, state, D=D,
                                    Z=Z)
-    if out_state is None:
+    if not inplace:
         return y, new
-    for dst, src in zip(out_state, new, strict=True):
-        dst.copy_(src.reshape(dst.shape))
-    return y, out_state
+    for dst, src in zip(state, new, strict=True):
+        dst.copy_(src)
+    return y, state

@@ -350,18 +350,14 @@ def _unit_last(x: Tensor | None) -> Tensor | None:
 def mamba3_step_triton(
     Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
     K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
-    Z: Tensor | None = None, out_state: Mamba3State | None = None,
+    Z: Tensor | None = None, inplace: bool = False,
 ) -> tuple[Tensor, Mamba3State]:
-    """One fused decode step; arguments as ``mamba3_step``.
-
-    The new state goes to ``out_state`` when given (contiguous tensors; they may be the
-    input state itself, updated in place), else to new tensors.
-    """
+    """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
+    writes the new state over ``state`` (each program reads its slice before writing)."""
+    if inplace and not all(s.is_contiguous() for s in state):
+        raise ValueError("an in-place decode step needs contiguous state tensors")
     state = tuple(s.contiguous() for s in state)
-    if out_state is None:
-        out_state = tuple(torch.empty_like(s) for s in state)
-    elif not all(s.is_contiguous() for s in out_state):
-        raise ValueError("out_state tensors must be contiguous")
+    out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
     Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
     y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
     step.launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamba3_integrations.errors import ConfigError
-from mamba3_integrations.kernels import attention
+from mamba3_integrations.kernels import attention, attention_decode
 from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
 from mamba3_integrations.modeling.rotary import RotaryEmbedding
 
@@ -76,7 +76,11 @@ class Attention(nn.Module):
             history = qkv.new_zeros(b, self.qkv_dim, n)
         inputs = torch.cat((history, qkv.transpose(1, 2)), dim=-1)
         if cache is not None:
-            cache.conv_state = inputs[..., inputs.shape[-1] - n:].clone()
+            tail = inputs[..., inputs.shape[-1] - n:]
+            if cache.conv_state is not None and cache.conv_state.shape == tail.shape:
+                cache.conv_state.copy_(tail)  # in place: the buffer may be in a CUDA graph
+            else:
+                cache.conv_state = tail.clone()
         out = F.conv1d(inputs, self.conv1d.weight, self.conv1d.bias, groups=self.qkv_dim)
         return out.transpose(1, 2)
 
@@ -110,13 +114,41 @@ class Attention(nn.Module):
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_heads_kv, self.head_dim))
         v = v.unflatten(-1, (self.num_heads_kv, self.head_dim))
+        # CUDA-graph decode: the position lives on the device (see cache.device_length).
+        graph_decode = (cache is not None and cache.device_length is not None and seqlen == 1)
         if self.rotary is not None:
-            positions = torch.arange(start, start + seqlen, device=x.device).expand(b, -1)
+            if graph_decode:
+                positions = cache.device_length.view(1, 1).expand(b, 1)
+            else:
+                positions = torch.arange(start, start + seqlen, device=x.device).expand(b, -1)
             if pad_lengths is not None:
                 positions = (positions - pad_lengths.to(x.device)[:, None]).clamp_min(0)
             cos, sin = self.rotary.cos_sin(positions)
             q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
 
+        if graph_decode:
+            context = self._decode_graph_safe(q, k, v, cache, pad_lengths)
+        else:
+            context = self._attend(q, k, v, cache, start, pad_lengths)
+        context = context.flatten(-2)
+        if self.mlp_dim:
+            context = torch.cat((context, side), dim=-1)
+        return self.out_proj(context)
+
+    def _decode_graph_safe(self, q: Tensor, k: Tensor, v: Tensor,
+                           cache: KVCache | SlidingWindowCache,
+                           pad_lengths: Tensor | None) -> Tensor:
+        """One token against the whole cache buffer, slots masked by position."""
+        keys, values, slot_pos = cache.decode_append(k, v)
+        valid = (slot_pos >= 0) & (slot_pos <= cache.device_length)
+        if pad_lengths is not None:
+            valid = valid & (slot_pos[None, :] >= pad_lengths.to(q.device)[:, None])
+        return attention_decode(q, keys, values, valid, self.softmax_scale)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor,
+                cache: KVCache | SlidingWindowCache | None, start: int,
+                pad_lengths: Tensor | None) -> Tensor:
+        """Queries at ``[start, start + l)`` over the cached and the new keys."""
         if isinstance(cache, KVCache):
             k_all, v_all = cache.append(k, v)
             k_start = 0
@@ -128,14 +160,10 @@ class Attention(nn.Module):
             k_all, v_all, k_start = k, v, start
         valid = None
         if pad_lengths is not None:
-            positions = torch.arange(k_start, k_start + k_all.shape[1], device=x.device)
-            valid = positions[None, :] >= pad_lengths.to(x.device)[:, None]
-        context = attention(q, k_all, v_all, causal=self.causal, window=self.window,
-                            key_padding_mask=valid, softmax_scale=self.softmax_scale)
-        context = context.flatten(-2)
-        if self.mlp_dim:
-            context = torch.cat((context, side), dim=-1)
-        return self.out_proj(context)
+            positions = torch.arange(k_start, k_start + k_all.shape[1], device=q.device)
+            valid = positions[None, :] >= pad_lengths.to(q.device)[:, None]
+        return attention(q, k_all, v_all, causal=self.causal, window=self.window,
+                         key_padding_mask=valid, softmax_scale=self.softmax_scale)
 
     def allocate_cache(self, batch: int, capacity: int = 0, device=None,
                        dtype=None) -> KVCache | SlidingWindowCache:

@@ -8,6 +8,11 @@ Attention layers with ``d_conv`` also keep the last ``d_conv - 1`` projected inp
 
 Positions are absolute (left padding included); ``pad_lengths`` says how many of a
 row's first positions are padding. Rows can be selected, cloned and measured.
+
+For CUDA graphs, an attention cache may carry ``device_length``: a 0-dim int64 tensor on
+its device equal to ``length``. Decode steps then write and attend through
+``decode_append`` without Python integers or data-dependent shapes, and whoever set
+``device_length`` (``runtime.cuda_graph``) advances it and ``length``.
 """
 
 from __future__ import annotations
@@ -84,6 +89,14 @@ class KVCache:
     values: Tensor
     length: int = 0
     conv_state: Tensor | None = None
+    device_length: Tensor | None = None
+
+    def decode_append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Capture-safe: store the (b, 1, h_kv, d) key/value of position ``device_length``
+        (capacity is not grown); return all keys, values and each slot's position (S,)."""
+        self.keys.index_copy_(1, self.device_length.view(1), k)
+        self.values.index_copy_(1, self.device_length.view(1), v)
+        return self.keys, self.values, torch.arange(self.keys.shape[1], device=k.device)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new (b, n, h_kv, d) keys/values; return all keys/values so far."""
@@ -113,6 +126,18 @@ class SlidingWindowCache:
     window: int
     length: int = 0
     conv_state: Tensor | None = None
+    device_length: Tensor | None = None
+
+    def decode_append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Capture-safe: store the (b, 1, h_kv, d) key/value of position ``device_length``
+        in its ring slot; return the ring's keys, values and the position each slot holds
+        (S,), negative for slots never written."""
+        position = self.device_length
+        slot = (position % self.window).view(1)
+        self.keys.index_copy_(1, slot, k)
+        self.values.index_copy_(1, slot, v)
+        slots = torch.arange(self.window, device=k.device)
+        return self.keys, self.values, position - (position - slots) % self.window
 
     def ordered(self) -> tuple[Tensor, Tensor, int]:
         """Cached keys/values in position order and the absolute position of the first."""
