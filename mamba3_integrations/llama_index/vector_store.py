@@ -73,7 +73,9 @@ class PGVectorStore(BasePydanticVectorStore):
     Stores each node's text, metadata and serialised node, so ``stores_text`` is true and nodes
     round-trip. Query modes: ``DEFAULT`` (vector), ``TEXT_SEARCH``/``SPARSE`` (full text),
     ``HYBRID`` (reciprocal-rank fusion; ``alpha`` weighs vector vs text) and ``MMR``
-    (``mmr_threshold`` is the relevance/diversity trade-off). Similarities are higher-is-better.
+    (``mmr_threshold``, on the query or as a keyword, is the relevance/diversity trade-off;
+    ``mmr_prefetch_k`` or ``mmr_prefetch_factor`` set how many candidates it looks at).
+    Similarities are higher-is-better.
 
     With no ``connection_string`` and no ``MAMBA3_PG_DSN``, an embedded server is started.
     """
@@ -230,7 +232,8 @@ class PGVectorStore(BasePydanticVectorStore):
             )
         if mode is VectorStoreQueryMode.MMR:
             fetch_k = kwargs.get("mmr_prefetch_k") or k * kwargs.get("mmr_prefetch_factor", 4)
-            lambda_mult = 0.5 if query.mmr_threshold is None else query.mmr_threshold
+            threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
+            lambda_mult = 0.5 if threshold is None else threshold
             return partial(
                 core.mmr_search, embedding, k, fetch_k=fetch_k, lambda_mult=lambda_mult, where=where
             )
@@ -241,7 +244,7 @@ class PGVectorStore(BasePydanticVectorStore):
         metadata = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
         return Record(
             id=node.node_id,
-            embedding=node.get_embedding(),
+            embedding=node.embedding,
             text=node.get_content(metadata_mode=MetadataMode.NONE),
             metadata=metadata,
             document_id=node.ref_doc_id,
