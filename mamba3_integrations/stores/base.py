@@ -33,6 +33,9 @@ logger = logging.getLogger("mamba3_integrations.stores")
 DEFAULT_BATCH_SIZE = 5000
 """Rows per ingest transaction."""
 
+DEFAULT_BULK_LOAD_MIN_ROWS = 1000
+"""Upserts of at least this many rows into an empty collection build the ANN index afterwards."""
+
 
 def _unchanged(value: Any) -> Any:
     return value
@@ -66,7 +69,7 @@ class CoreBase:
         config: CollectionConfig,
         options: ConnectionOptions | None = None,
         *,
-        bulk_load_min_rows: int = 10_000,
+        bulk_load_min_rows: int = DEFAULT_BULK_LOAD_MIN_ROWS,
         index_build_memory: str = "1GB",
     ) -> None:
         if not isinstance(config, CollectionConfig):

@@ -17,6 +17,7 @@ from mamba3_integrations.stores import (
     PgVectorCore,
     RetryPolicy,
 )
+from mamba3_integrations.stores.base import DEFAULT_BULK_LOAD_MIN_ROWS
 
 FAST_RETRY = RetryPolicy(attempts=8, first_delay=0.1, max_delay=1.0)
 
@@ -87,7 +88,7 @@ def make_core(postgres: EmbeddedPostgres, collection_name: str) -> Iterator[obje
         dimension: int = 8,
         *,
         name: str | None = None,
-        bulk_load_min_rows: int = 10_000,
+        bulk_load_min_rows: int = DEFAULT_BULK_LOAD_MIN_ROWS,
         **config: object,
     ) -> PgVectorCore:
         settings = CollectionConfig(name or collection_name, dimension, **config)

@@ -239,7 +239,7 @@ def test_ann_indexes_find_the_true_neighbours(make_core, postgres, distance, ind
 
 
 def test_query_plan_uses_the_hnsw_index(make_core, postgres):
-    core = make_core(8, bulk_load_min_rows=1000)
+    core = make_core(8)
     core.upsert(random_records(2000, seed=5))
     with psycopg.connect(postgres.dsn) as conn:
         conn.execute("SET enable_seqscan = off")
@@ -254,7 +254,7 @@ def test_query_plan_uses_the_hnsw_index(make_core, postgres):
 def test_filtered_hnsw_search_still_returns_k_rows(make_core):
     # The planner guesses that "not common" keeps most rows and walks the HNSW index; only 30
     # rows match, so without pgvector's iterative scan the 10 candidates would mostly be dropped.
-    core = make_core(8, index=HnswIndex(ef_search=10), bulk_load_min_rows=1000)
+    core = make_core(8, index=HnswIndex(ef_search=10))
     vectors = np.random.default_rng(6).normal(size=(3000, 8))
     core.upsert(
         Record(
@@ -274,18 +274,36 @@ def test_k_larger_than_ef_search_returns_k_rows(make_core):
     assert core.search(np.ones(8), 0) == []
 
 
-def test_bulk_load_into_empty_collection_rebuilds_the_index(make_core, postgres):
+def embedding_index_oid(dsn: str, table: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT to_regclass(%s)::oid", (f'"{table}_embedding_idx"',)
+        ).fetchone()[0]
+
+
+def test_bulk_load_into_an_empty_collection_builds_the_index_afterwards(make_core, postgres):
     core = make_core(8, bulk_load_min_rows=500)
+    core.count()
+    created = embedding_index_oid(postgres.dsn, core.config.name)
+    core.upsert(random_records(400), batch_size=200)
+    assert embedding_index_oid(postgres.dsn, core.config.name) == created
+    core.clear()
     core.upsert(random_records(1200), batch_size=200)
-    with psycopg.connect(postgres.dsn) as conn:
-        indexes = [
-            row[0]
-            for row in conn.execute(
-                "SELECT indexname FROM pg_indexes WHERE tablename = %s", (core.config.name,)
-            )
-        ]
-    assert f"{core.config.name}_embedding_idx" in indexes
-    assert core.count() == 1200
+    rebuilt = embedding_index_oid(postgres.dsn, core.config.name)
+    assert rebuilt is not None and rebuilt != created
+    core.upsert(random_records(1200, prefix="more"), batch_size=200)
+    assert embedding_index_oid(postgres.dsn, core.config.name) == rebuilt
+    assert core.count() == 2400
+
+
+def test_a_failed_bulk_load_still_leaves_the_index(make_core, postgres):
+    core = make_core(8, bulk_load_min_rows=100)
+    records = random_records(300)
+    broken = [*records[:250], Record(id="bad", embedding=[1.0] * 7), *records[250:]]
+    with pytest.raises(InputError):
+        core.upsert(broken, batch_size=100)
+    assert embedding_index_oid(postgres.dsn, core.config.name) is not None
+    assert core.count() == 200
 
 
 def test_rebuild_index_can_switch_settings_and_records_them(make_core, postgres):
