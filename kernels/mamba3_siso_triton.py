@@ -19,7 +19,7 @@ from mamba3_integrations.kernels import mamba3_siso_triton_fwd as fwd
 from mamba3_integrations.kernels import mamba3_siso_triton_step as step
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
-STATE_BLOCK = 1024  # elements of the (P, N) state per state-passing program
+STATE_BLOCK = 1024  # elements of the (P, N) state per state-passing program (about)
 
 
 @dataclass
@@ -110,7 +110,8 @@ def _block_sizes(n: int, p: int) -> tuple[int, int]:
 class _Saved:
     """What the forward pass keeps for the backward pass."""
 
-    theta: Tensor
+    offsets: Tensor  # (nchunks, H, A) angle entering each chunk
+    final_angle: Tensor  # (nseq, H, A)
     states: Tensor  # (nchunks, H, P, N) state entering each chunk, de-interleaved
     atot: Tensor  # (nchunks, H)
     ypre: Tensor | None  # output before the gate (with Z)
@@ -134,51 +135,50 @@ def scan_forward(
     Q_bias, K_bias = Q_bias.contiguous(), K_bias.contiguous()
     f32 = {"device": dev, "dtype": torch.float32}
 
-    init_angle = None if initial_state is None else initial_state[0]
-    theta = torch.empty(batch, seqlen, nheads, n_angles, **f32)
-    final_angle = torch.empty(lay.nseq, nheads, n_angles, **f32)
-    fwd.launch_angle_cumsum(Angles, DT, init_angle, theta, final_angle, lay.seq_tok, seqlen,
-                            lay.nseq)
-
     states = torch.empty(lay.nchunks, nheads, headdim, d_state, **f32)
     atot = torch.empty(lay.nchunks, nheads, **f32)
+    chunk_ang = torch.empty(lay.nchunks, nheads, n_angles, **f32)
     common = (seqlen, lay.chunks_per_seq, nheads, nheads // ngroups, d_state // 2, n_angles,
               headdim)
     meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
             "IEEE": ieee, "num_warps": 4 if chunk_size <= 64 else 8}
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[(lay.nchunks, nheads)](
-        K, *K.stride(), V, *V.stride(), *gates, K_bias, *K_bias.stride(), theta, states,
-        atot, lay.chunks, *common, **meta)
+        K, *K.stride(), V, *V.stride(), *gates, K_bias, *K_bias.stride(), Angles,
+        *Angles.stride(), states, atot, chunk_ang, lay.chunks, *common, **meta)
 
-    start = None
+    start, angle0 = None, None
     if initial_state is not None:
-        _, ssm0, k0, v0 = initial_state
+        angle0, ssm0, k0, v0 = initial_state
         dt0, lam0 = _gates_at(DT, Trap, lay.first_tok)
         beta0 = ((1 - lam0) * dt0)[..., None, None]
         outer = v0.float()[..., None] * k0.float()[..., None, :]
         start = _deinterleave(ssm0.float() + beta0 * outer)
+    offsets = torch.empty(lay.nchunks, nheads, n_angles, **f32)
     final_ssm = torch.empty(lay.nseq, nheads, headdim, d_state, **f32)
-    size = headdim * d_state
-    fwd._state_passing_kernel[(lay.nseq, nheads, triton.cdiv(size, STATE_BLOCK))](
-        states, atot, start, final_ssm, lay.seq_chunk, lay.chunks_per_seq, nheads, size,
-        BLOCK=STATE_BLOCK, IS_VARLEN=lay.chunks is not None, HAS_START=start is not None,
-        num_warps=4)
+    final_angle = torch.empty(lay.nseq, nheads, n_angles, **f32)
+    rows = max(1, min(triton.next_power_of_2(headdim), STATE_BLOCK // (2 * NH)))
+    fwd._state_passing_kernel[(lay.nseq, nheads, triton.cdiv(headdim, rows))](
+        states, atot, chunk_ang, offsets, start, angle0,
+        *((angle0.stride(0), angle0.stride(1)) if angle0 is not None else (0, 0)),
+        final_ssm, final_angle, lay.seq_chunk, lay.chunks_per_seq, nheads, d_state // 2,
+        n_angles, headdim, RB=rows, NH=NH, IS_VARLEN=lay.chunks is not None,
+        HAS_START=start is not None, HAS_ANGLE0=angle0 is not None, num_warps=4, num_stages=3)
 
     out = torch.empty(batch, seqlen, nheads, headdim, device=dev, dtype=V.dtype)
     ypre = torch.empty_like(out) if save and Z is not None else None
     zs = Z.stride() if Z is not None else (0, 0, 0, 0)
     fwd._chunk_scan_kernel[(lay.nchunks, nheads)](
         Q, *Q.stride(), K, *K.stride(), V, *V.stride(), Z, *zs, out, *out.stride(), ypre,
-        *gates, Q_bias, K_bias, *K_bias.stride(), D, theta, states, lay.chunks, *common,
-        HAS_D=D is not None, HAS_Z=Z is not None, STORE_YPRE=ypre is not None, **meta)
+        *gates, Q_bias, K_bias, *K_bias.stride(), Angles, *Angles.stride(), D, offsets, states,
+        lay.chunks, *common, HAS_D=D is not None, HAS_Z=Z is not None,
+        STORE_YPRE=ypre is not None, **meta)
 
-    theta_last = _first_last(theta, lay.last_tok, 1)
     k_last = _first_last(K, lay.last_tok, 1)
     k_last = k_last.repeat_interleave(nheads // ngroups, dim=1) + K_bias
     final = (final_angle, _interleave(final_ssm),
-             _rotate(k_last, theta_last).to(Q.dtype), _first_last(V, lay.last_tok, 1).clone())
-    saved = _Saved(theta, states, atot, ypre, lay) if save else None
+             _rotate(k_last, final_angle).to(Q.dtype), _first_last(V, lay.last_tok, 1).clone())
+    saved = _Saved(offsets, final_angle, states, atot, ypre, lay) if save else None
     return out, final, saved
 
 
@@ -216,9 +216,10 @@ def scan_backward(
     meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
             "IEEE": V.dtype == torch.float32, "num_warps": 4 if chunk_size <= 64 else 8}
     dstates = torch.empty_like(saved.states)
+    angles = (Angles, *Angles.stride(), DT, *DT.stride(), saved.offsets)
     bwd._chunk_dstate_kernel[(lay.nchunks, nheads)](
         Q, *Q.stride(), dy_k, *dy_k.stride(), ADT, *ADT.stride(), Q_bias, *Q_bias.stride(),
-        saved.theta, dstates, lay.chunks, *common, **meta)
+        *angles, dstates, lay.chunks, *common, **meta)
 
     size = headdim * d_state
     nblocks = triton.cdiv(size, STATE_BLOCK)
@@ -238,15 +239,15 @@ def scan_backward(
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     bwd._chunk_scan_bwd_kernel[(lay.nchunks, nheads)](
         Q, *Q.stride(), K, *K.stride(), V, *V.stride(), dy_k, *dy_k.stride(), *gates,
-        Q_bias, K_bias, *K_bias.stride(), saved.theta, saved.states, dstates, datot.sum(-1),
-        lay.chunks, dq, dk, dv, dtheta, dadt, dw, dgamma, *common, **meta)
+        Q_bias, K_bias, *K_bias.stride(), *angles[:5], saved.offsets, saved.states, dstates,
+        datot.sum(-1), lay.chunks, dq, dk, dv, dtheta, dadt, dw, dgamma, *common, **meta)
 
     last = lay.last_tok
     if dk_f is not None:  # final k = rotate(K_last + K_bias, theta_last)
         with torch.enable_grad():
             k_pre = (_first_last(K, last, 1).float().repeat_interleave(nheads // ngroups, 1)
                      + K_bias.float()).requires_grad_()
-            th = _first_last(saved.theta, last, 1).requires_grad_()
+            th = saved.final_angle.clone().requires_grad_()
             dk_pre, dth = torch.autograd.grad(_rotate(k_pre, th), (k_pre, th), dk_f.float())
         _add_at(dk, last, dk_pre)
         _add_at(dtheta, last, dth)

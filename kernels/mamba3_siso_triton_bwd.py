@@ -21,6 +21,7 @@ import triton.language as tl
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import (
     PI,
     _chunk_bounds,
+    _chunk_theta,
     _dot,
     _load_gates,
     _load_rotated,
@@ -34,7 +35,8 @@ def _chunk_dstate_kernel(
     DY, s_yb, s_yt, s_yh, s_yp,
     ADT, s_ab, s_ah, s_at,
     QB, s_bh, s_bn,
-    THETA, DSTATES, CHUNKS,
+    ANG, s_gb, s_gt, s_gh, s_ga, DT, s_db, s_dh, s_dt, OFFSET,
+    DSTATES, CHUNKS,
     seqlen, chunks_per_seq, nheads, heads_per_group, n_half, n_angles, headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr,
     IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
@@ -50,10 +52,13 @@ def _chunk_dstate_kernel(
     adt = tl.load(ADT + row64 * s_ab + h * s_ah + offs_t * s_at, mask=mask_t,
                   other=0.0).to(tl.float32)
     decay = tl.exp(tl.cumsum(adt, 0))
-    q_e, q_o, _, _ = _load_rotated(
-        Q + row64 * s_qb + (h // heads_per_group) * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
-        THETA + (row64 * seqlen * nheads + h) * n_angles, nheads * n_angles, offs_t, mask_t,
-        n_half, n_angles, NH)
+    theta, _ = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
+                            DT + row64 * s_db + h * s_dh, s_dt,
+                            OFFSET + (pid_c * nheads + h) * n_angles, offs_t, mask_t, n_angles,
+                            NH, True)
+    q_e, q_o = _load_rotated(Q + row64 * s_qb + (h // heads_per_group) * s_qg, s_qt, s_qn,
+                             QB + h * s_bh, s_bn, tl.cos(theta), tl.sin(theta), offs_t, mask_t,
+                             n_half, NH)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     dy = tl.load(DY + row64 * s_yb + h * s_yh + offs_t[:, None] * s_yt + offs_p[None, :] * s_yp,
@@ -114,7 +119,8 @@ def _chunk_scan_bwd_kernel(
     DY, s_yb, s_yt, s_yh, s_yp,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
     QB, KB, s_bh, s_bn,
-    THETA, STATES, DSTATES, DATOT, CHUNKS,
+    ANG, s_gb, s_gt, s_gh, s_ga, OFFSET,
+    STATES, DSTATES, DATOT, CHUNKS,
     DQ, DK, DV, DTHETA, DADT, DW, DGAMMA,
     seqlen, chunks_per_seq, nheads, heads_per_group, n_half, n_angles, headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr,
@@ -132,8 +138,9 @@ def _chunk_scan_bwd_kernel(
     offs_t = start + tl.arange(0, C)
     mask_t = offs_t < end
     row64 = row.to(tl.int64)
+    dt_ptr = DT + row64 * s_db + h * s_dh
     adt, dt, lam, gamma, w = _load_gates(
-        ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
+        ADT + row64 * s_ab + h * s_ah, s_at, dt_ptr, s_dt,
         TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
     a_cum = tl.cumsum(adt, 0)
     a_end = tl.sum(adt, 0)
@@ -141,12 +148,15 @@ def _chunk_scan_bwd_kernel(
     coef_end = tl.exp(a_end - a_cum)
     coef = coef_end * w
     grp = h // heads_per_group
-    theta = THETA + (row64 * seqlen * nheads + h) * n_angles
-    s_th_t = nheads * n_angles
-    q_e, q_o, cos, sin = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh,
-                                     s_bn, theta, s_th_t, offs_t, mask_t, n_half, n_angles, NH)
-    k_e, k_o, _, _ = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh,
-                                   s_bn, theta, s_th_t, offs_t, mask_t, n_half, n_angles, NH)
+    theta, _ = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga, dt_ptr, s_dt,
+                            OFFSET + (pid_c * nheads + h) * n_angles, offs_t, mask_t, n_angles,
+                            NH, True)
+    cos = tl.cos(theta)
+    sin = tl.sin(theta)
+    q_e, q_o = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
+                             cos, sin, offs_t, mask_t, n_half, NH)
+    k_e, k_o = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
+                             cos, sin, offs_t, mask_t, n_half, NH)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     mask_tp = mask_t[:, None] & mask_p[None, :]

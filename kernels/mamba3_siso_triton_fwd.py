@@ -1,19 +1,22 @@
 """Triton kernels of the Mamba-3 SISO chunked scan, forward pass.
 
-Four launches, each parallel over (chunk or sequence, head):
+Three launches:
 
-1. ``_angle_cumsum_kernel``: theta_t = theta_0 + sum pi*tanh(angles)*dt, per sequence,
-   reduced mod 2*pi after every chunk (float32).
-2. ``_chunk_state_kernel``: the state each chunk adds on its own,
-   ``S_c = sum_s exp(A_end - A_s) w_s v_s k_s^T``, and the chunk's total decay.
-3. ``_state_passing_kernel``: ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S_c`` over the chunks
-   of a sequence, in place, for blocks of the (P, N) state; returns the final state.
-4. ``_chunk_scan_kernel``: the output of each chunk, the masked "attention" inside
+1. ``_chunk_state_kernel`` (grid chunks x heads): the state each chunk adds on its own,
+   ``S'_c = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` with k' rotated by the angle summed
+   from the chunk's start only (its local rotary frame), the chunk's total decay and its
+   total angle increment.
+2. ``_state_passing_kernel`` (grid sequences x heads x row blocks): over the chunks of a
+   sequence, the angle entering each chunk (theta_c, reduced mod 2*pi per chunk) and the
+   state entering it, ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S'_c R(theta_c)^T``, in place;
+   the final state and angle.
+3. ``_chunk_scan_kernel`` (grid chunks x heads): the output, the masked "attention" inside
    the chunk plus ``exp(A_t) S_in q_t``, with the D skip and the silu(z) gate.
 
-Rotary pairs (2i, 2i+1) are handled de-interleaved: q and k are loaded as their even and
-odd entries, ``q.k = q_e.k_e + q_o.k_o``, and chunk states live in a (P, [even | odd])
-layout. ``shared/spec/MAMBA3.md`` gives the math.
+Angles are never stored per token: theta_t = theta_c + (running sum in the chunk),
+recomputed where needed. Rotary pairs (2i, 2i+1) are handled de-interleaved: q and k are
+loaded as their even and odd entries, ``q.k = q_e.k_e + q_o.k_o``, and chunk states live
+in a (P, [even | odd]) layout. ``shared/spec/MAMBA3.md`` gives the math.
 """
 
 from __future__ import annotations
@@ -84,12 +87,28 @@ def _load_gates(ADT, s_at, DT, s_dt, TRAP, s_tt, offs_t, mask_t, mask_next):
 
 
 @triton.jit
-def _load_rotated(X, s_t, s_n, BIAS, s_bn, THETA, s_tht, offs_t, mask_t, n_half, n_angles,
-                  NH: tl.constexpr):
-    """Load x + bias for the tokens ``offs_t`` as even/odd halves (T, NH), rotated by theta.
+def _chunk_theta(ANG, s_at, s_aa, DT, s_dt, OFFSET, offs_t, mask_t, n_angles,
+                 NH: tl.constexpr, HAS_OFFSET: tl.constexpr):
+    """Angles (T, NH) of the tokens ``offs_t`` of one chunk: the running sum of
+    pi*tanh(angle)*dt from the chunk's start, plus the entering angle ``OFFSET`` (A,)
+    when given (then reduced mod 2*pi). Also returns the chunk's total increment (NH,)."""
+    offs_i = tl.arange(0, NH)
+    mask_i = offs_i < n_angles
+    m = mask_t[:, None] & mask_i[None, :]
+    ang = tl.load(ANG + offs_t[:, None] * s_at + offs_i[None, :] * s_aa, mask=m, other=0.0)
+    dt = tl.load(DT + offs_t * s_dt, mask=mask_t, other=0.0).to(tl.float32)
+    inc = _tanh(ang.to(tl.float32)) * PI * dt[:, None]
+    theta = tl.cumsum(inc, 0)
+    if HAS_OFFSET:
+        theta = _wrap(tl.load(OFFSET + offs_i, mask=mask_i, other=0.0)[None, :] + theta)
+    return theta, tl.sum(inc, 0)
 
-    Returns (x_e, x_o, cos, sin), all float32; rows outside ``mask_t`` are zero.
-    """
+
+@triton.jit
+def _load_rotated(X, s_t, s_n, BIAS, s_bn, cos, sin, offs_t, mask_t, n_half,
+                  NH: tl.constexpr):
+    """Load x + bias for the tokens ``offs_t`` as even/odd halves (T, NH), rotated by the
+    angles whose cos, sin (T, NH) are given; float32, rows outside ``mask_t`` are zero."""
     offs_i = tl.arange(0, NH)
     mask_i = offs_i < n_half
     m = mask_t[:, None] & mask_i[None, :]
@@ -100,54 +119,7 @@ def _load_rotated(X, s_t, s_n, BIAS, s_bn, THETA, s_tht, offs_t, mask_t, n_half,
     b_o = tl.load(BIAS + (2 * offs_i + 1) * s_bn, mask=mask_i, other=0.0).to(tl.float32)
     x_e = tl.where(m, x_e + b_e[None, :], 0.0)
     x_o = tl.where(m, x_o + b_o[None, :], 0.0)
-    th = tl.load(THETA + offs_t[:, None] * s_tht + offs_i[None, :],
-                 mask=mask_t[:, None] & (offs_i < n_angles)[None, :], other=0.0)
-    c = tl.cos(th)
-    s = tl.sin(th)
-    return x_e * c - x_o * s, x_e * s + x_o * c, c, s
-
-
-@triton.jit
-def _angle_cumsum_kernel(
-    ANG, s_ab, s_at, s_ah, s_aa,
-    DT, s_db, s_dh, s_dt,
-    INIT, s_ib, s_ih,
-    THETA, FINAL,
-    SEQ_TOK, seqlen, nheads, n_angles,
-    T: tl.constexpr, AB: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    """theta (b, l, H, A) float32 and the final angle (nseq, H, A); grid (nseq, H)."""
-    seq = tl.program_id(0)
-    h = tl.program_id(1)
-    if IS_VARLEN:
-        row = seq * 0
-        t0 = tl.load(SEQ_TOK + seq)
-        t1 = tl.load(SEQ_TOK + seq + 1)
-    else:
-        row = seq
-        t0 = seq * 0
-        t1 = t0 + seqlen
-    offs_a = tl.arange(0, AB)
-    mask_a = offs_a < n_angles
-    if HAS_INIT:
-        carry = tl.load(INIT + seq * s_ib + h * s_ih + offs_a, mask=mask_a, other=0.0)
-        carry = carry.to(tl.float32)
-    else:
-        carry = tl.zeros([AB], dtype=tl.float32)
-    ANG += row.to(tl.int64) * s_ab + h * s_ah
-    DT += row.to(tl.int64) * s_db + h * s_dh
-    THETA += (row.to(tl.int64) * seqlen * nheads + h) * n_angles
-    for start in range(t0, t1, T):
-        offs_t = start + tl.arange(0, T)
-        mask_t = offs_t < t1
-        m = mask_t[:, None] & mask_a[None, :]
-        ang = tl.load(ANG + offs_t[:, None] * s_at + offs_a[None, :] * s_aa, mask=m, other=0.0)
-        dt = tl.load(DT + offs_t * s_dt, mask=mask_t, other=0.0).to(tl.float32)
-        inc = _tanh(ang.to(tl.float32)) * PI * dt[:, None]
-        theta = _wrap(carry[None, :] + tl.cumsum(inc, 0))
-        tl.store(THETA + offs_t[:, None] * (nheads * n_angles) + offs_a[None, :], theta, mask=m)
-        carry = _wrap(carry + tl.sum(inc, 0))
-    tl.store(FINAL + (seq * nheads + h) * n_angles + offs_a, carry, mask=mask_a)
+    return x_e * cos - x_o * sin, x_e * sin + x_o * cos
 
 
 @triton.jit
@@ -156,12 +128,14 @@ def _chunk_state_kernel(
     V, s_vb, s_vt, s_vh, s_vp,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
     KB, s_bh, s_bn,
-    THETA, STATES, ATOT, CHUNKS,
+    ANG, s_gb, s_gt, s_gh, s_ga,
+    STATES, ATOT, CHUNK_ANG, CHUNKS,
     seqlen, chunks_per_seq, nheads, heads_per_group, n_half, n_angles, headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr,
     IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """S_c (P, [even | odd]) and A_tot of one chunk and head; grid (chunks, H)."""
+    """S'_c (P, [even | odd]) in the chunk's rotary frame, A_tot and the angle increment
+    of one chunk and head; grid (chunks, H)."""
     pid_c = tl.program_id(0)
     h = tl.program_id(1)
     row, start, end, seq_end = _chunk_bounds(pid_c, CHUNKS, seqlen, chunks_per_seq, C,
@@ -169,16 +143,18 @@ def _chunk_state_kernel(
     offs_t = start + tl.arange(0, C)
     mask_t = offs_t < end
     row64 = row.to(tl.int64)
+    dt_ptr = DT + row64 * s_db + h * s_dh
     adt, dt, lam, gamma, w = _load_gates(
-        ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
+        ADT + row64 * s_ab + h * s_ah, s_at, dt_ptr, s_dt,
         TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
     a_cum = tl.cumsum(adt, 0)
     a_end = tl.sum(adt, 0)
     coef = tl.exp(a_end - a_cum) * w
-    k_e, k_o, _, _ = _load_rotated(
-        K + row64 * s_kb + (h // heads_per_group) * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
-        THETA + (row64 * seqlen * nheads + h) * n_angles, nheads * n_angles, offs_t, mask_t,
-        n_half, n_angles, NH)
+    theta, ang_sum = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga, dt_ptr, s_dt,
+                                  ANG, offs_t, mask_t, n_angles, NH, False)
+    k_e, k_o = _load_rotated(K + row64 * s_kb + (h // heads_per_group) * s_kg, s_kt, s_kn,
+                             KB + h * s_bh, s_bn, tl.cos(theta), tl.sin(theta), offs_t,
+                             mask_t, n_half, NH)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     v = tl.load(V + row64 * s_vb + h * s_vh + offs_t[:, None] * s_vt + offs_p[None, :] * s_vp,
@@ -193,24 +169,45 @@ def _chunk_state_kernel(
     tl.store(ptr, s_e, mask=m)
     tl.store(ptr + n_half, s_o, mask=m)
     tl.store(ATOT + pid_c * nheads + h, a_end)
+    tl.store(CHUNK_ANG + (pid_c * nheads + h) * n_angles + offs_i, ang_sum,
+             mask=offs_i < n_angles)
 
 
 @triton.jit
 def _state_passing_kernel(
-    STATES, ATOT, START, FINAL, SEQ_CHUNK,
-    chunks_per_seq, nheads, size,
-    BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_START: tl.constexpr,
+    STATES, ATOT, CHUNK_ANG, OFFSET, START, ANGLE0, s_0s, s_0h, FINAL, FINAL_ANGLE,
+    SEQ_CHUNK, chunks_per_seq, nheads, n_half, n_angles, headdim,
+    RB: tl.constexpr, NH: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_START: tl.constexpr, HAS_ANGLE0: tl.constexpr,
 ):
-    """Replace each chunk's own state by the state entering it; grid (nseq, H, blocks)."""
+    """Over the chunks of one sequence: store the angle (OFFSET, first row block only)
+    and the state entering each chunk in place of its own state; grid (nseq, H, P / RB).
+
+    States are (P, [even | odd]) float32; ``START`` is the initial state in that layout.
+    """
     seq = tl.program_id(0)
     h = tl.program_id(1)
-    offs = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < size
+    blk = tl.program_id(2)
+    offs_r = blk * RB + tl.arange(0, RB)
+    offs_i = tl.arange(0, NH)
+    mask_i = offs_i < n_half
+    m = (offs_r < headdim)[:, None] & mask_i[None, :]
+    size = headdim * 2 * n_half
+    idx = offs_r[:, None] * (2 * n_half) + offs_i[None, :]
     seq_off = (seq * nheads + h).to(tl.int64) * size
     if HAS_START:
-        s = tl.load(START + seq_off + offs, mask=mask, other=0.0)
+        s_e = tl.load(START + seq_off + idx, mask=m, other=0.0)
+        s_o = tl.load(START + seq_off + idx + n_half, mask=m, other=0.0)
     else:
-        s = tl.zeros([BLOCK], dtype=tl.float32)
+        s_e = tl.zeros([RB, NH], dtype=tl.float32)
+        s_o = tl.zeros([RB, NH], dtype=tl.float32)
+    mask_a = offs_i < n_angles
+    if HAS_ANGLE0:
+        theta = tl.load(ANGLE0 + seq * s_0s + h * s_0h + offs_i, mask=mask_a,
+                        other=0.0).to(tl.float32)
+    else:
+        theta = tl.zeros([NH], dtype=tl.float32)
+    mask_first = offs_i < tl.where(blk == 0, n_angles, 0)  # angles: row block 0 writes
     if IS_VARLEN:
         c0 = tl.load(SEQ_CHUNK + seq)
         c1 = tl.load(SEQ_CHUNK + seq + 1)
@@ -218,11 +215,23 @@ def _state_passing_kernel(
         c0 = seq * chunks_per_seq
         c1 = c0 + chunks_per_seq
     for c in range(c0, c1):
-        ptr = STATES + (c * nheads + h).to(tl.int64) * size + offs
-        local = tl.load(ptr, mask=mask, other=0.0)
-        tl.store(ptr, s, mask=mask)
-        s = s * tl.exp(tl.load(ATOT + c * nheads + h)) + local
-    tl.store(FINAL + seq_off + offs, s, mask=mask)
+        ch = c * nheads + h
+        ptr = STATES + ch.to(tl.int64) * size + idx
+        l_e = tl.load(ptr, mask=m, other=0.0)
+        l_o = tl.load(ptr + n_half, mask=m, other=0.0)
+        decay = tl.exp(tl.load(ATOT + ch))
+        inc = tl.load(CHUNK_ANG + ch * n_angles + offs_i, mask=mask_a, other=0.0)
+        tl.store(ptr, s_e, mask=m)
+        tl.store(ptr + n_half, s_o, mask=m)
+        tl.store(OFFSET + ch * n_angles + offs_i, theta, mask=mask_first)
+        cos = tl.cos(theta)[None, :]
+        sin = tl.sin(theta)[None, :]
+        s_e = s_e * decay + (l_e * cos - l_o * sin)
+        s_o = s_o * decay + (l_e * sin + l_o * cos)
+        theta = _wrap(theta + inc)
+    tl.store(FINAL + seq_off + idx, s_e, mask=m)
+    tl.store(FINAL + seq_off + idx + n_half, s_o, mask=m)
+    tl.store(FINAL_ANGLE + (seq * nheads + h) * n_angles + offs_i, theta, mask=mask_first)
 
 
 @triton.jit
@@ -235,7 +244,8 @@ def _chunk_scan_kernel(
     YPRE,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
     QB, KB, s_bh, s_bn,
-    D, THETA, STATES, CHUNKS,
+    ANG, s_gb, s_gt, s_gh, s_ga,
+    D, OFFSET, STATES, CHUNKS,
     seqlen, chunks_per_seq, nheads, heads_per_group, n_half, n_angles, headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
@@ -249,18 +259,21 @@ def _chunk_scan_kernel(
     offs_t = start + tl.arange(0, C)
     mask_t = offs_t < end
     row64 = row.to(tl.int64)
+    dt_ptr = DT + row64 * s_db + h * s_dh
     adt, dt, lam, gamma, w = _load_gates(
-        ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
+        ADT + row64 * s_ab + h * s_ah, s_at, dt_ptr, s_dt,
         TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
     a_cum = tl.cumsum(adt, 0)
+    ch = pid_c * nheads + h
+    theta, _ = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga, dt_ptr, s_dt,
+                            OFFSET + ch * n_angles, offs_t, mask_t, n_angles, NH, True)
+    cos = tl.cos(theta)
+    sin = tl.sin(theta)
     grp = h // heads_per_group
-    theta = THETA + (row64 * seqlen * nheads + h) * n_angles
-    q_e, q_o, _, _ = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh,
-                                   s_bn, theta, nheads * n_angles, offs_t, mask_t, n_half,
-                                   n_angles, NH)
-    k_e, k_o, _, _ = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh,
-                                   s_bn, theta,
-                                   nheads * n_angles, offs_t, mask_t, n_half, n_angles, NH)
+    q_e, q_o = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
+                             cos, sin, offs_t, mask_t, n_half, NH)
+    k_e, k_o = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
+                             cos, sin, offs_t, mask_t, n_half, NH)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     mask_tp = mask_t[:, None] & mask_p[None, :]
@@ -277,16 +290,15 @@ def _chunk_scan_kernel(
     y = _dot((scores * weight).to(dty), v, IEEE)
 
     offs_i = tl.arange(0, NH)
-    base = STATES + (pid_c.to(tl.int64) * nheads + h) * headdim * 2 * n_half
-    ptr = base + offs_p[:, None] * (2 * n_half) + offs_i[None, :]
+    ptr = (STATES + ch.to(tl.int64) * headdim * 2 * n_half + offs_p[:, None] * (2 * n_half)
+           + offs_i[None, :])
     m = mask_p[:, None] & (offs_i < n_half)[None, :]
     st_e = tl.load(ptr, mask=m, other=0.0).to(dty)
     st_o = tl.load(ptr + n_half, mask=m, other=0.0).to(dty)
     y_state = _dot(q_e, tl.trans(st_e), IEEE) + _dot(q_o, tl.trans(st_o), IEEE)
     y += y_state * tl.exp(a_cum)[:, None]
-    vf = v.to(tl.float32)
     if HAS_D:
-        y += tl.load(D + h).to(tl.float32) * vf
+        y += tl.load(D + h).to(tl.float32) * v.to(tl.float32)
     tok = offs_t[:, None] * s_ot + offs_p[None, :] * s_op
     o_off = row64 * s_ob + h * s_oh
     if STORE_YPRE:
@@ -296,16 +308,3 @@ def _chunk_scan_kernel(
                     mask=mask_tp, other=0.0).to(tl.float32)
         y = y * z * _sigmoid(z)
     tl.store(OUT + o_off + tok, y.to(OUT.dtype.element_ty), mask=mask_tp)
-
-
-def launch_angle_cumsum(Angles, DT, init, theta, final, seq_tok, seqlen: int, nseq: int,
-                        chunk: int = 64) -> None:
-    """theta and final angle; ``seq_tok`` (nseq + 1) token offsets when varlen, else None."""
-    nheads, n_angles = Angles.shape[2], Angles.shape[3]
-    _angle_cumsum_kernel[(nseq, nheads)](
-        Angles, *Angles.stride(), DT, *DT.stride(),
-        init, *((init.stride(0), init.stride(1)) if init is not None else (0, 0)),
-        theta, final, seq_tok, seqlen, nheads, n_angles,
-        T=chunk, AB=max(triton.next_power_of_2(n_angles), 2), IS_VARLEN=seq_tok is not None,
-        HAS_INIT=init is not None, num_warps=2,
-    )
