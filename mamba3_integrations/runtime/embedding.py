@@ -24,9 +24,14 @@ from torch import Tensor
 from mamba3_integrations.errors import CheckpointError, ConfigError, InputError
 from mamba3_integrations.runtime import checkpoint
 from mamba3_integrations.runtime.causal_lm import Mamba3ForCausalLM
+from mamba3_integrations.runtime.completion import check_text
 from mamba3_integrations.runtime.generation import left_pad
 
 POOLING_MODES = ("mean", "last")
+
+# The folder an embedding component loads when given neither ``model_path`` nor an
+# encoder; None until models ship with the package.
+DEFAULT_EMBEDDING_PATH: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,23 +87,21 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     """Raise InputError unless ``texts`` is a list of non-blank, valid Unicode strings."""
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if isinstance(text, (bytes, bytearray)):
-            raise InputError(f"text {i} is bytes; decode it first, e.g. data.decode('utf-8')")
-        if not isinstance(text, str):
-            raise InputError(f"text {i} is a {type(text).__name__}, not a str")
-        if not text.strip():
-            raise InputError(f"text {i} is empty or only whitespace; it has no content to "
-                             "embed, so drop it before embedding")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InputError(
-                f"text {i} is not valid Unicode: {text[exc.start:exc.end]!r} at position "
-                f"{exc.start} (bytes that were not valid UTF-8, kept as surrogate escapes); "
-                "decode the source with errors='replace' or fix its encoding"
-            ) from exc
-    return list(texts)
+    return [check_text(t, f"text {i}", allow_blank=False) for i, t in enumerate(texts)]
+
+
+def load_encoder(model_path: str | os.PathLike | None = None,
+                 encoder: Mamba3Encoder | None = None, dtype: torch.dtype | str | None = None,
+                 device: torch.device | str | None = None, batch_size: int = 32) -> Mamba3Encoder:
+    """The encoder an adapter was given: ``encoder`` as is (``model_path`` then only names
+    it), else loaded from ``model_path`` (or ``DEFAULT_EMBEDDING_PATH``)."""
+    if encoder is not None:
+        return encoder
+    path = model_path if model_path is not None else DEFAULT_EMBEDDING_PATH
+    if path is None:
+        raise InputError("model_path is required: the folder of a Mamba-3 embedding model "
+                         "(config.json with 'embedding' settings, weights and tokenizer)")
+    return Mamba3Encoder.from_pretrained(path, dtype=dtype, device=device, batch_size=batch_size)
 
 
 class Mamba3Encoder:
