@@ -50,3 +50,15 @@ def tiny_encoder(tiny_encoder_dir):
     from mamba3_integrations.runtime.embedding import Mamba3Encoder
 
     return Mamba3Encoder.from_pretrained(tiny_encoder_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run the module's tiny models on one CPU thread (restored afterwards): their ops are
+    too small to gain from threads, and on a busy machine threads make them far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,6 +4,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "ChatMamba3": "chat_models",
+    "Mamba3Embeddings": "embeddings",
+    "Mamba3LLM": "llms",
     "Mamba3SemanticTextSplitter": "text_splitter",
     "OrderPreservingCompressor": "compressor",
     "PGVector": "vectorstores",

@@ -4,6 +4,8 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "Mamba3Embedding": "embedding",
+    "Mamba3LLM": "llm",
     "Mamba3SemanticNodeParser": "node_parser",
     "OrderPreservingPostprocessor": "postprocessor",
     "PGVectorStore": "vector_store",

@@ -13,6 +13,8 @@ from mamba3_integrations.errors import CheckpointError, ConfigError, InputError
 from mamba3_integrations.runtime.embedding import EmbeddingSettings, Mamba3Encoder
 from tests.fixtures import CORPUS, TINY_EMBEDDING, save_tiny_encoder
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 TEXTS = ["hello", CORPUS[0], "PostgreSQL stores rows.", CORPUS[4], "a b c"]
 
 
