@@ -15,8 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-PI = 3.141592653589793
-TWO_PI = 6.283185307179586
+PI = tl.constexpr(3.141592653589793)
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
