@@ -40,7 +40,7 @@ def check_text(text: Any, name: str = "prompt", allow_blank: bool = True) -> str
     if isinstance(text, (bytes, bytearray)):
         raise InputError(f"{name} is bytes; decode it first, e.g. data.decode('utf-8')")
     if not isinstance(text, str):
-        raise InputError(f"{name} is a {type(text).__name__}, not a str")
+        raise InputError(f"{name} has type {type(text).__name__}, expected str")
     if not (text if allow_blank else text.strip()):
         raise InputError(f"{name} is empty{'' if allow_blank else ' or only whitespace'}; "
                          "give it some text")

@@ -60,7 +60,7 @@ def test_bad_input(tiny_encoder, tiny_lm_dir):
         embeddings.embed_documents(["ok", "   "])
     with pytest.raises(InputError, match="not valid Unicode"):
         embeddings.embed_query(b"\x80abc".decode("utf-8", "surrogateescape"))
-    with pytest.raises(InputError, match="text 0 is a int"):
+    with pytest.raises(InputError, match="text 0 has type int"):
         embeddings.embed_documents([1])
     with pytest.raises(CheckpointError, match="is not an embedding model"):
         Mamba3Embeddings(model_path=str(tiny_lm_dir))

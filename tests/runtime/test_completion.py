@@ -81,7 +81,7 @@ def test_load_lm_and_text_prompt(tiny_lm, monkeypatch):
     with pytest.raises(InputError, match="model_path is required"):
         load_lm()
     assert text_prompt(tiny_lm, "hi") == tiny_lm.tokenizer("hi")["input_ids"]
-    with pytest.raises(InputError, match="prompt is a int, not a str"):
+    with pytest.raises(InputError, match="prompt has type int, expected str"):
         text_prompt(tiny_lm, 3)
     monkeypatch.setattr(tiny_lm, "tokenizer", None)
     with pytest.raises(InputError, match="has no tokenizer"):

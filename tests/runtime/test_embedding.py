@@ -124,8 +124,8 @@ def test_deterministic(tiny_encoder):
     [
         (["ok", ""], "text 1 is empty or only whitespace"),
         ([" \n\t "], "text 0 is empty or only whitespace"),
-        (["ok", 3], "text 1 is a int, not a str"),
-        ([None], "text 0 is a NoneType"),
+        (["ok", 3], "text 1 has type int, expected str"),
+        ([None], "text 0 has type NoneType"),
         ([b"caf\xc3\xa9"], "text 0 is bytes; decode it first"),
         ([b"\xff\xfe".decode("utf-8", "surrogateescape")], "text 0 is not valid Unicode"),
         ("a single string", "texts must be a list of strings"),
