@@ -60,8 +60,9 @@ class CoreBase:
 
     ``bulk_load_min_rows``: an upsert of at least this many rows into an empty collection drops
     the ANN index, loads, then builds the index in one pass (much faster than growing it row by
-    row); ``0`` disables this. ``index_build_memory`` is the ``maintenance_work_mem`` for index
-    builds; an HNSW build is far faster when the graph fits in it.
+    row); ``0`` disables this. Index builds size ``maintenance_work_mem`` to the graph (an HNSW
+    build is about twice as fast when the graph fits in memory), up to
+    ``index_build_memory_mb``.
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class CoreBase:
         options: ConnectionOptions | None = None,
         *,
         bulk_load_min_rows: int = DEFAULT_BULK_LOAD_MIN_ROWS,
-        index_build_memory: str = "1GB",
+        index_build_memory_mb: int = 1024,
     ) -> None:
         if not isinstance(config, CollectionConfig):
             raise InputError(f"Expected a CollectionConfig, got {type(config).__name__}.")
@@ -79,7 +80,7 @@ class CoreBase:
         self.config = config
         self.options = options or ConnectionOptions()
         self.bulk_load_min_rows = bulk_load_min_rows
-        self.index_build_memory = index_build_memory
+        self.index_build_memory_mb = index_build_memory_mb
         self._lock = threading.Lock()
         self._dsn = ""
         self._ready = False
@@ -112,7 +113,7 @@ class CoreBase:
     def _index_build(self, index: Any) -> Call[None]:
         if index is not None:
             self.config = replace(self.config, index=index)
-        config, memory = self.config, self.index_build_memory
+        config, memory = self.config, self.index_build_memory_mb
         return Call(self._action("index build"), lambda: schema.build_vector_index(config, memory))
 
     def _dropping(self) -> Call[None]:

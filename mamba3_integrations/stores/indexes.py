@@ -75,3 +75,25 @@ def describe_index(index: VectorIndex | None) -> dict[str, Any]:
     if index is None:
         return {"method": "exact"}
     return {"method": index.method, **index.build_options()}
+
+
+MIN_BUILD_MEMORY_MB = 64
+
+
+def build_memory_mb(index: VectorIndex | None, dimension: int, rows: int, cap_mb: int) -> int:
+    """``maintenance_work_mem`` (MB) for building ``index`` over ``rows`` vectors.
+
+    HNSW keeps each vector and about ``2 * m`` neighbour links per row in memory; IVFFlat holds
+    a sample of up to ``50 * lists`` vectors for k-means. Estimates get a 25% margin, at least
+    64 MB and at most ``cap_mb``. Sizing to the need (not a fixed large value) matters because
+    parallel builds reserve that much shared memory up front.
+    """
+    vector_bytes = 4 * dimension + 16
+    if isinstance(index, HnswIndex):
+        needed = rows * (vector_bytes + 64 * index.m + 256)
+    elif isinstance(index, IvfflatIndex):
+        needed = (min(rows, 50 * index.lists) + index.lists) * vector_bytes
+    else:
+        needed = 0
+    estimate = int(needed * 1.25 / 2**20) + 1
+    return max(MIN_BUILD_MEMORY_MB, min(cap_mb, estimate))

@@ -26,7 +26,12 @@ from psycopg.types.json import Jsonb
 from mamba3_integrations.errors import InputError
 from mamba3_integrations.stores.distances import Distance
 from mamba3_integrations.stores.errors import SchemaMismatchError
-from mamba3_integrations.stores.indexes import HnswIndex, VectorIndex, describe_index
+from mamba3_integrations.stores.indexes import (
+    HnswIndex,
+    VectorIndex,
+    build_memory_mb,
+    describe_index,
+)
 from mamba3_integrations.stores.plans import Execute, Plan
 
 SCHEMA_VERSION = 1
@@ -215,11 +220,14 @@ def remove_vector_index(config: CollectionConfig) -> Plan[None]:
     yield Execute(drop_vector_index(config))
 
 
-def build_vector_index(config: CollectionConfig, memory: str) -> Plan[None]:
-    """(Re)create the ANN index with ``memory`` of ``maintenance_work_mem``, recording it."""
+def build_vector_index(config: CollectionConfig, max_memory_mb: int) -> Plan[None]:
+    """(Re)create the ANN index, with ``maintenance_work_mem`` sized for it, and record it."""
     yield Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
+    rows = yield Execute(sql.SQL("SELECT count(*) FROM {}").format(config.table))
+    memory_mb = build_memory_mb(config.index, config.dimension, rows.rows[0][0], max_memory_mb)
     yield Execute(
-        sql.SQL("SELECT set_config('maintenance_work_mem', %(memory)s, true)"), {"memory": memory}
+        sql.SQL("SELECT set_config('maintenance_work_mem', %(memory)s, true)"),
+        {"memory": f"{memory_mb}MB"},
     )
     yield Execute(drop_vector_index(config))
     if config.index is not None:

@@ -187,3 +187,15 @@ def test_distance_names_and_aliases_parse():
     assert Distance.parse(Distance.COSINE) is Distance.COSINE
     with pytest.raises(InputError, match="Unknown distance"):
         Distance.parse("jaccard")
+
+
+def test_index_build_memory_follows_the_graph_size():
+    from mamba3_integrations.stores.indexes import build_memory_mb
+
+    small = build_memory_mb(HnswIndex(), 384, 1_000, 1024)
+    medium = build_memory_mb(HnswIndex(), 384, 100_000, 1024)
+    assert small == 64
+    assert 250 < medium < 400
+    assert build_memory_mb(HnswIndex(), 384, 10_000_000, 1024) == 1024
+    assert build_memory_mb(IvfflatIndex(lists=1000), 1536, 10**6, 4096) > 300
+    assert build_memory_mb(None, 8, 10, 1024) == 64
