@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mamba3_integrations.runtime.embedding import load_encoder
+from mamba3_integrations.runtime.embedding import DEFAULT_BATCH_SIZE, load_encoder
 
 
 class Mamba3Embeddings(BaseModel, Embeddings):
@@ -31,7 +31,7 @@ class Mamba3Embeddings(BaseModel, Embeddings):
     """Weights dtype when loading, e.g. "bfloat16" (default: as saved)."""
     device: str | None = None
     """Device when loading, e.g. "cuda" (default: "cpu")."""
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Texts per forward pass when loading."""
 
     @model_validator(mode="after")

@@ -40,7 +40,7 @@ class Mamba3Params(BaseModel):
     are ignored.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = STRICT
 
     model_path: str | None = None
     """Folder of the model: config.json, weights and tokenizer."""

@@ -9,7 +9,11 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
 from mamba3_integrations.runtime.completion import model_name
-from mamba3_integrations.runtime.embedding import Mamba3Encoder, load_encoder
+from mamba3_integrations.runtime.embedding import (
+    DEFAULT_BATCH_SIZE,
+    Mamba3Encoder,
+    load_encoder,
+)
 
 
 class Mamba3Embedding(BaseEmbedding):
@@ -26,7 +30,8 @@ class Mamba3Embedding(BaseEmbedding):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_path: str | None = Field(default=None, description="Folder of the model.")
-    embed_batch_size: int = Field(default=32, gt=0, description="Texts per call.")
+    embed_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0,
+                                  description="Texts per call.")
     dtype: str | None = Field(default=None, description="Weights dtype when loading.")
     device: str | None = Field(default=None, description="Device when loading.")
 
@@ -35,7 +40,7 @@ class Mamba3Embedding(BaseEmbedding):
     def __init__(self, model_path: str | None = None, encoder: Mamba3Encoder | None = None,
                  **kwargs: Any) -> None:
         encoder = load_encoder(model_path, encoder, kwargs.get("dtype"), kwargs.get("device"),
-                               kwargs.get("embed_batch_size", 32))
+                               kwargs.get("embed_batch_size", DEFAULT_BATCH_SIZE))
         kwargs.setdefault("model_name", model_name(model_path))
         super().__init__(model_path=model_path, **kwargs)
         self._encoder = encoder

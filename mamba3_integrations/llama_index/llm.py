@@ -28,6 +28,7 @@ from llama_index.core.llms.custom import CustomLLM
 from mamba3_integrations.errors import InputError
 from mamba3_integrations.runtime.causal_lm import Mamba3ForCausalLM
 from mamba3_integrations.runtime.completion import (
+    DEFAULT_CONTEXT_WINDOW,
     CompletionStream,
     GenerationOptions,
     chat_prompt,
@@ -90,8 +91,8 @@ class Mamba3LLM(CustomLLM):
     model_path: str | None = Field(default=None, description="Folder of the model.")
     model_name: str = Field(default="mamba3", description="Name in metadata (default: the "
                             "folder's name).")
-    context_window: int = Field(default=0, description="Tokens the model takes in: "
-                                "config.context_length, else DEFAULT_CONTEXT_WINDOW.")
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, description="Tokens the "
+                                "model takes in (default: config.context_length, if set).")
     max_new_tokens: int = Field(default=256, description="Maximum new tokens (num_output).")
     temperature: float = Field(default=0.0, description="0 is greedy decoding.")
     top_p: float | None = Field(default=None, description="Nucleus sampling threshold.")
@@ -109,8 +110,7 @@ class Mamba3LLM(CustomLLM):
                  **kwargs: Any) -> None:
         lm = load_lm(model_path, lm, kwargs.get("dtype"), kwargs.get("device"))
         kwargs.setdefault("model_name", model_name(model_path))
-        if not kwargs.get("context_window"):
-            kwargs["context_window"] = context_window(lm)
+        kwargs.setdefault("context_window", context_window(lm))
         super().__init__(model_path=model_path, **kwargs)
         self._lm = lm
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class GenerationOptions:
     top_p: float | None = None
     top_k: int | None = None
     do_sample: bool | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
+    stop: tuple[str, ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -104,6 +104,8 @@ class GenerationOptions:
             raise InputError(f"temperature must be >= 0, got {self.temperature}")
         if self.do_sample and not self.temperature and self.temperature is not None:
             raise InputError("do_sample=True needs temperature > 0")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InputError(f"stop strings must be non-empty strings, got {list(self.stop)}")
 
     def update(self, **changes: Any) -> GenerationOptions:
         """A copy with ``changes`` (None values ignored); unknown names raise InputError."""
@@ -160,15 +162,15 @@ class CompletionStream:
 
     def __init__(self, lm: Mamba3ForCausalLM, prompt_ids: list[int],
                  options: GenerationOptions) -> None:
-        self.lm, self.prompt_ids, self.options = lm, prompt_ids, options
+        self.lm, self.prompt_ids = lm, prompt_ids
+        self.config = lm.generation_config(**options.model_kwargs())  # bad options raise here
         self.text = ""
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
-        lm = self.lm
-        config = lm.generation_config(**self.options.model_kwargs())
+        lm, config = self.lm, self.config
         device = next(lm.parameters()).device
         ids, mask = as_batch([self.prompt_ids], None, config.pad_token_id, device)
         decoder = IncrementalDecoder(lm.tokenizer, config.stop_strings)

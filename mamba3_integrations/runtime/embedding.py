@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from mamba3_integrations.runtime.completion import check_text
 from mamba3_integrations.runtime.generation import left_pad
 
 POOLING_MODES = ("mean", "last")
+DEFAULT_BATCH_SIZE = 32
 
 # The folder an embedding component loads when given neither ``model_path`` nor an
 # encoder; None until models ship with the package.
@@ -79,9 +80,6 @@ class EmbeddingSettings:
                               f"{sorted(allowed)}")
         return cls(**data)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def check_texts(texts: Sequence[str]) -> list[str]:
     """Raise InputError unless ``texts`` is a list of non-blank, valid Unicode strings."""
@@ -90,9 +88,13 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return [check_text(t, f"text {i}", allow_blank=False) for i, t in enumerate(texts)]
 
 
-def load_encoder(model_path: str | os.PathLike | None = None,
-                 encoder: Mamba3Encoder | None = None, dtype: torch.dtype | str | None = None,
-                 device: torch.device | str | None = None, batch_size: int = 32) -> Mamba3Encoder:
+def load_encoder(
+    model_path: str | os.PathLike | None = None,
+    encoder: Mamba3Encoder | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Mamba3Encoder:
     """The encoder an adapter was given: ``encoder`` as is (``model_path`` then only names
     it), else loaded from ``model_path`` (or ``DEFAULT_EMBEDDING_PATH``)."""
     if encoder is not None:
@@ -114,7 +116,7 @@ class Mamba3Encoder:
     """
 
     def __init__(self, model: Mamba3ForCausalLM, settings: EmbeddingSettings | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         if model.tokenizer is None:
             raise CheckpointError("an embedding model needs its tokenizer: save one in the "
                                   "model folder or set model.tokenizer")
@@ -135,7 +137,7 @@ class Mamba3Encoder:
         folder: str | os.PathLike,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         **overrides: Any,
     ) -> Mamba3Encoder:
         """Load an embedding model folder; ``overrides`` replace ``embedding`` settings
@@ -151,8 +153,6 @@ class Mamba3Encoder:
             )
         settings = EmbeddingSettings.from_dict({**config.embedding, **overrides})
         model = Mamba3ForCausalLM.from_pretrained(path, dtype=dtype, device=device)
-        if model.tokenizer is None:
-            raise CheckpointError(f"{path} has no tokenizer; an embedding model needs one")
         return cls(model, settings, batch_size)
 
     @property
