@@ -87,6 +87,7 @@ class Mamba3Params(BaseModel):
 
     def _options(self, stop: list[str] | None, **kwargs: Any) -> GenerationOptions:
         """The instance's settings with per-call ``stop`` and keyword overrides."""
+        kwargs.pop("stream", None)  # LangChain's own switch, already acted upon
         requested = kwargs.pop("model", None)
         if requested is not None and requested != self.model_name:
             raise InputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
@@ -103,6 +104,20 @@ def test_bind_overrides_generation_options(chat):
     assert short.usage_metadata["output_tokens"] == 3
     greedy = chat.bind(temperature=0).invoke("hello").content
     assert greedy == ChatMamba3(lm=chat.lm, max_tokens=24).invoke("hello").content
+    assert chat.invoke("hello", stream=True).content == chat.invoke("hello").content
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.tokens: list[str] = []
+
+        def on_llm_new_token(self, token: str, **kwargs) -> None:
+            self.tokens.append(token)
+
+    tokens = Tokens()  # streaming=True: invoke streams, callbacks see each token
+    streaming = ChatMamba3(lm=chat.lm, streaming=True, **SAMPLED)
+    content = streaming.invoke("hello", config={"callbacks": [tokens]}).content
+    assert content == chat.invoke("hello").content
+    assert len(tokens.tokens) >= 3 and "".join(tokens.tokens) == content
 
 
 def test_llm_completes_raw_text(tiny_lm):
