@@ -22,7 +22,12 @@ from mamba3_integrations.stores.connection import (
 from mamba3_integrations.stores.filters import Filter
 from mamba3_integrations.stores.hybrid import DEFAULT_RRF_K
 from mamba3_integrations.stores.indexes import VectorIndex
-from mamba3_integrations.stores.ingest import PreparedBatch, prepare_batches, take_rows
+from mamba3_integrations.stores.ingest import (
+    PreparedBatch,
+    prefetched_async,
+    prepare_batches,
+    take_rows,
+)
 from mamba3_integrations.stores.operations import TextMatch
 from mamba3_integrations.stores.plans import run_plan_async
 from mamba3_integrations.stores.records import Record, ScoredRecord
@@ -73,7 +78,7 @@ class AsyncPgVectorCore(CoreBase):
             await self._call(self._index_removal())
         written = 0
         try:
-            for batch in itertools.chain(head, batches):
+            async for batch in prefetched_async(itertools.chain(head, batches)):
                 written += await self._call(self._batch_upsert(batch.payload, len(batch.ids)))
         except BaseException:
             if defer:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mamba3_integrations.errors import InputError
@@ -69,6 +71,27 @@ def take_rows(
         if rows >= min_rows:
             break
     return head, rows, batches
+
+
+def prefetched(batches: Iterator[PreparedBatch]) -> Iterator[PreparedBatch]:
+    """Yield ``batches`` while a worker thread already prepares the next one, so that Python
+    encoding overlaps with the database writing the current batch."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamba3-ingest") as worker:
+        upcoming = worker.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = worker.submit(next, batches, None)
+            yield batch
+
+
+async def prefetched_async(batches: Iterator[PreparedBatch]) -> AsyncIterator[PreparedBatch]:
+    """Async twin of :func:`prefetched`: the next batch is prepared in a worker thread."""
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+    try:
+        while (batch := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+            yield batch
+    finally:
+        upcoming.cancel()
 
 
 def _check_record(record: Record) -> None:
