@@ -20,6 +20,7 @@ from mamba3_integrations.kernels import mamba3_siso_triton_step as step
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 STATE_BLOCK = 1024  # elements of the (P, N) state per state-passing program (about)
+CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
 
 
 @dataclass
@@ -141,7 +142,7 @@ def scan_forward(
     common = (seqlen, lay.chunks_per_seq, nheads, nheads // ngroups, d_state // 2, n_angles,
               headdim)
     meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
-            "IEEE": ieee, "num_warps": 4 if chunk_size <= 64 else 8}
+            "IEEE": ieee, "num_warps": CHUNK_WARPS[chunk_size]}
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[(lay.nchunks, nheads)](
         K, *K.stride(), V, *V.stride(), *gates, K_bias, *K_bias.stride(), Angles,
@@ -214,7 +215,7 @@ def scan_backward(
     common = (seqlen, lay.chunks_per_seq, nheads, nheads // ngroups, d_state // 2, n_angles,
               headdim)
     meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
-            "IEEE": V.dtype == torch.float32, "num_warps": 4 if chunk_size <= 64 else 8}
+            "IEEE": V.dtype == torch.float32, "num_warps": CHUNK_WARPS[chunk_size]}
     dstates = torch.empty_like(saved.states)
     angles = (Angles, *Angles.stride(), DT, *DT.stride(), saved.offsets)
     bwd._chunk_dstate_kernel[(lay.nchunks, nheads)](

@@ -1,0 +1,250 @@
+"""End-to-end on one GPU: a ~1.3B Mamba-3 hybrid against a Llama of the same size.
+
+Both with random bf16 weights, batch 1. Per context length: prefill tokens/s and peak
+memory, then single-stream decode tokens/s and memory (Mamba-3 through
+``CudaGraphDecoder``; Llama through transformers with SDPA and its dynamic KV cache,
+eager). Decode is compared with the bound "read every weight and the whole cache once
+per token" at the measured copy bandwidth. Contexts that run out of memory are recorded
+as such. Prints a table, writes ``e2e.json`` and ``e2e.png``.
+
+    python benchmarks/bench_end_to_end.py [--contexts 4096 16384 65536 131072] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from mamba3_integrations.modeling import Mamba3LMHeadModel
+from mamba3_integrations.modeling.config import Mamba3Config
+from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
+
+VOCAB = 50277
+WINDOW = 4096
+
+
+def mamba3_config() -> Mamba3Config:
+    """48 layers at d_model 2048: 44 Mamba-3 (64 heads of 64, d_state 128), two global and
+    two sliding-window (4096) GQA attention layers; no MLP (official Mamba LM layout)."""
+    return Mamba3Config(
+        d_model=2048, d_intermediate=0, n_layer=48, vocab_size=VOCAB,
+        ssm_cfg={"layer": "Mamba3", "d_state": 128, "headdim": 64, "expand": 2,
+                 "chunk_size": 64},
+        attn_layer_idx=[11, 23, 35, 47], attn_window={11: WINDOW, 35: WINDOW},
+        attn_cfg={"num_heads": 16, "num_heads_kv": 4, "head_dim": 128,
+                  "rotary_emb_dim": 128, "causal": True, "qkv_proj_bias": False,
+                  "out_proj_bias": False},
+        rms_norm=True, residual_in_fp32=True, fused_add_norm=False, tie_embeddings=True,
+    )
+
+
+def llama_model(max_len: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=26,
+                      num_attention_heads=16, num_key_value_heads=4, head_dim=128,
+                      vocab_size=VOCAB, max_position_embeddings=max_len, rope_theta=500000.0,
+                      tie_word_embeddings=True, attn_implementation="sdpa")
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    return model.eval()
+
+
+def copy_bandwidth() -> float:
+    x = torch.randn(512 * 2**20, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), return_mode="median")
+    return 2 * 512 * 2**20 * 4 / (ms * 1e-3)
+
+
+def timed(fn, reps: int) -> tuple[float, object]:
+    """Median seconds over ``reps`` calls (after the caller's warm-up) and the last result."""
+    times, result = [], None
+    for _ in range(reps):
+        result = None  # free the previous result first (peak memory of one call)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], result
+
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 3)
+
+
+def param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@torch.inference_mode()
+def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
+    ids = torch.randint(0, VOCAB, (1, context), device="cuda")
+
+    def prefill():
+        cache = model.allocate_cache(1, capacity=context + n_decode + 8)
+        logits = model(ids, cache=cache, num_last_tokens=1).logits
+        return cache, logits
+
+    prefill()  # compiles the kernels for this length
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
+    row = {"prefill_s": seconds, "prefill_tok_s": context / seconds,
+           "prefill_peak_gib": gib(torch.cuda.max_memory_allocated())}
+
+    decoder = CudaGraphDecoder(model, cache)
+    token = logits[:, -1].argmax(-1)
+    for _ in range(3):
+        token = decoder.step(token).argmax(-1)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    seconds, _ = timed(lambda: [decoder.step(token) for _ in range(n_decode)], 3)
+    cache_bytes = cache.nbytes()
+    # Bound: every weight, the Mamba-3 states (read and written) and the attention caches.
+    read = (param_bytes(model) + 2 * cache_bytes["mamba3"] + cache_bytes["sliding_window"]
+            + cache_bytes["kv"])
+    row.update({
+        "decode_tok_s": n_decode / seconds, "decode_ms": seconds / n_decode * 1e3,
+        "decode_bound_ms": read / bandwidth * 1e3,
+        "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
+        "decode_mem_growth_bytes": torch.cuda.memory_allocated() - before,
+        "cache_gib": {k: gib(v) for k, v in cache_bytes.items()},
+    })
+    decoder.close()
+    return row
+
+
+@torch.inference_mode()
+def run_llama(model, context: int, n_decode: int, bandwidth: float) -> dict:
+    ids = torch.randint(0, VOCAB, (1, context), device="cuda")
+
+    def prefill():
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        return out.past_key_values, out.logits
+
+    prefill()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
+    row = {"prefill_s": seconds, "prefill_tok_s": context / seconds,
+           "prefill_peak_gib": gib(torch.cuda.max_memory_allocated())}
+    del cache
+    torch.cuda.empty_cache()
+    cache, logits = prefill()
+    token = logits[:, -1:].argmax(-1)
+    torch.cuda.reset_peak_memory_stats()
+
+    def decode():
+        nonlocal token
+        for _ in range(n_decode):
+            out = model(token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+
+    seconds, _ = timed(decode, 1)
+    kv_bytes = 2 * model.config.num_hidden_layers * (context + n_decode) * 4 * 128 * 2
+    row.update({
+        "decode_tok_s": n_decode / seconds, "decode_ms": seconds / n_decode * 1e3,
+        "decode_bound_ms": (param_bytes(model) + kv_bytes) / bandwidth * 1e3,
+        "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
+        "cache_gib": {"kv": gib(kv_bytes)},
+    })
+    return row
+
+
+def guarded(fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        return {"oom": str(exc).splitlines()[0]}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name in ("mamba3", "llama"):
+        rows = [(int(c), r) for c, r in result[name].items() if "oom" not in r]
+        ctx = [c for c, _ in rows]
+        axes[0].plot(ctx, [r["prefill_tok_s"] for _, r in rows], "o-", label=name)
+        axes[1].plot(ctx, [r["decode_tok_s"] for _, r in rows], "o-", label=name)
+        axes[1].plot(ctx, [1e3 / r["decode_bound_ms"] for _, r in rows], "x--",
+                     label=f"{name} bound")
+        axes[2].plot(ctx, [r["prefill_peak_gib"] for _, r in rows], "o-",
+                     label=f"{name} prefill")
+        axes[2].plot(ctx, [r["decode_peak_gib"] for _, r in rows], "s--",
+                     label=f"{name} decode")
+    titles = ("prefill tokens/s", "decode tokens/s (batch 1)", "peak memory GiB")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contexts", type=int, nargs="+",
+                        default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--llama-decode-tokens", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--skip-llama", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    bandwidth = copy_bandwidth()
+    torch.manual_seed(0)
+    mamba = Mamba3LMHeadModel(mamba3_config(), device="cuda", dtype=torch.bfloat16)
+    mamba.init_weights()
+    mamba.eval()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "triton": triton.__version__, "date": datetime.date.today().isoformat(),
+              "copy_bandwidth_TBps": bandwidth / 1e12,
+              "mamba3_params": sum(p.numel() for p in mamba.parameters()),
+              "mamba3": {}, "llama": {}}
+    print(f"{result['device']}, torch {torch.__version__}, copy {bandwidth / 1e12:.2f} TB/s; "
+          f"Mamba-3 hybrid {result['mamba3_params'] / 1e9:.2f} B params", flush=True)
+    for context in args.contexts:
+        row = guarded(run_mamba3, mamba, context, args.decode_tokens, bandwidth)
+        result["mamba3"][context] = row
+        print("mamba3", context, json.dumps(row), flush=True)
+    del mamba
+    torch.cuda.empty_cache()
+    if not args.skip_llama:
+        llama = llama_model(max(args.contexts) + 64)
+        result["llama_params"] = sum(p.numel() for p in llama.parameters())
+        for context in args.contexts:
+            row = guarded(run_llama, llama, context, args.llama_decode_tokens, bandwidth)
+            result["llama"][context] = row
+            print("llama", context, json.dumps(row), flush=True)
+    (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out / "e2e.png")
+    print("\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "
+          "decode bound tok/s | decode peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("mamba3", "llama"):
+        for context, r in result[name].items():
+            if "oom" in r:
+                print(f"| {name} | {context} | OOM | | | | |")
+                continue
+            print(f"| {name} | {context} | {r['prefill_tok_s']:.0f} | {r['prefill_peak_gib']} "
+                  f"| {r['decode_tok_s']:.1f} | {1e3 / r['decode_bound_ms']:.1f} | "
+                  f"{r['decode_peak_gib']} |")
+
+
+if __name__ == "__main__":
+    main()

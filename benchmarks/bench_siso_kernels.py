@@ -1,0 +1,257 @@
+"""Mamba-3 SISO Triton kernels on one GPU: chunked prefill and decode step.
+
+Prefill forward at nheads 64, headdim 64, d_state 128, one group, bf16, against the
+official Triton kernel's published times; the decode step at batch 1 and 128 (fp32 and
+bf16 state) against the memory bound (state read + written once at the measured copy
+bandwidth). Prints tables, writes ``siso_kernels.json`` and ``siso_kernels.png``.
+
+    python benchmarks/bench_siso_kernels.py [--out benchmarks/results] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from mamba3_integrations.kernels import mamba3_siso_triton as siso
+from mamba3_integrations.kernels.mamba3_siso_reference import mamba3_scan_reference
+
+H, P, N, G, A = 64, 64, 128, 1, 32
+OFFICIAL_PREFILL_MS = {(1, 16384): 2.79, (1, 65536): 11.06, (8, 4096): 2.75}
+OFFICIAL_DECODE_US = {1: 91.0, 128: 212.0}
+
+
+def median_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    x = torch.randn(512 * 2**20, device="cuda")  # 2 GiB
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def prefill_inputs(batch: int, seqlen: int, seed: int = 0) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=g, device="cuda").to(dtype)
+
+    dt = torch.nn.functional.softplus(rand(batch, H, seqlen, dtype=torch.float32) - 3)
+    return {
+        "Q": rand(batch, seqlen, G, N), "K": rand(batch, seqlen, G, N),
+        "V": rand(batch, seqlen, H, P), "Z": rand(batch, seqlen, H, P),
+        "ADT": -dt * torch.rand(batch, H, seqlen, generator=g, device="cuda"), "DT": dt,
+        "Trap": rand(batch, H, seqlen), "Q_bias": rand(H, N, dtype=torch.float32),
+        "K_bias": rand(H, N, dtype=torch.float32),
+        "Angles": rand(batch, seqlen, H, A, dtype=torch.float32),
+        "D": rand(H, dtype=torch.float32),
+    }
+
+
+def kernel_breakdown(fn) -> dict[str, float]:
+    """GPU time (ms) per kernel name over one call, from the profiler."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            ms = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1e3
+            out[e.key[:60]] = round(ms, 4)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def bench_prefill(shapes, chunks, warps_variants) -> list[dict]:
+    rows = []
+    for batch, seqlen in shapes:
+        x = prefill_inputs(batch, seqlen)
+        # One check per shape: the timed kernels compute the reference's function.
+        n = min(seqlen, 4096)
+        part = {k: (v[:, :n] if k in ("Q", "K", "V", "Z", "Angles") else
+                    v[..., :n] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
+        part = {k: v[:1] if k not in ("Q_bias", "K_bias", "D") else v for k, v in part.items()}
+        ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
+        got = siso.mamba3_scan_triton(**part)
+        err = ((got.float() - ref).norm() / ref.norm()).item()
+        for chunk in chunks:
+            for warps in warps_variants:
+                siso.CHUNK_WARPS[chunk] = warps
+                fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
+                ms = median_ms(fn)
+                official = OFFICIAL_PREFILL_MS[(batch, seqlen)]
+                rows.append({"batch": batch, "seqlen": seqlen, "chunk": chunk, "warps": warps,
+                             "ms": ms, "official_ms": official, "speedup": official / ms,
+                             "Mtok_per_s": batch * seqlen / ms / 1e3, "rel_err_vs_ref": err,
+                             "kernels_ms": kernel_breakdown(fn)})
+                print(f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} "
+                      f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
+                      f"err {err:.1e}", flush=True)
+        del x
+        torch.cuda.empty_cache()
+    siso.CHUNK_WARPS.update({64: 4, 128: 8})
+    return rows
+
+
+def step_inputs(batch: int, state_dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=g, device="cuda").to(dtype)
+
+    dt = torch.nn.functional.softplus(rand(batch, H, dtype=torch.float32) - 3)
+    x = {"Q": rand(batch, G, N), "K": rand(batch, G, N), "V": rand(batch, H, P),
+         "Z": rand(batch, H, P), "ADT": -dt * 0.5, "DT": dt, "Trap": rand(batch, H),
+         "Q_bias": rand(H, N, dtype=torch.float32), "K_bias": rand(H, N, dtype=torch.float32),
+         "Angles": rand(batch, 1, A, dtype=torch.float32).expand(batch, H, A),
+         "D": rand(H, dtype=torch.float32)}
+    state = (rand(batch, H, A, dtype=torch.float32), rand(batch, H, P, N, dtype=state_dtype),
+             rand(batch, H, N), rand(batch, H, P))
+    return x, state
+
+
+def step_bytes(batch: int, state_dtype: torch.dtype) -> int:
+    """Bytes a step must move: state read and written, inputs and output once."""
+    sb = torch.tensor([], dtype=state_dtype).element_size()
+    per_head = 2 * (P * N * sb + A * 4 + N * 2 + P * 2) + 3 * P * 2 + 3 * 4 + A * 4
+    return batch * (H * per_head + 2 * G * N * 2)
+
+
+def bench_decode(batches, bandwidth: float, steps_per_graph: int = 100) -> list[dict]:
+    rows = []
+    for batch in batches:
+        for state_dtype in (torch.float32, torch.bfloat16):
+            x, state = step_inputs(batch, state_dtype)
+
+            step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
+            eager_us = median_ms(step) * 1e3
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(steps_per_graph):
+                    step()
+            graph_us = median_ms(graph.replay) * 1e3 / steps_per_graph
+            bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
+            name = "fp32" if state_dtype == torch.float32 else "bf16"
+            rows.append({"batch": batch, "state": name, "graph_us": graph_us,
+                         "eager_us": eager_us, "bound_us": bound_us,
+                         "graph_over_bound": graph_us / bound_us,
+                         "official_us": OFFICIAL_DECODE_US[batch]})
+            print(f"decode B={batch:<3} state={name}  graph {graph_us:7.2f} us  eager "
+                  f"{eager_us:7.2f} us  bound {bound_us:7.2f} us  "
+                  f"(x{graph_us / bound_us:4.2f})  official {OFFICIAL_DECODE_US[batch]} us",
+                  flush=True)
+    return rows
+
+
+def bf16_state_error(batch: int = 8, steps: int = 2000) -> dict:
+    """Outputs of fp32-state and bf16-state decoding of the same token stream."""
+    torch.manual_seed(0)
+    _, s32 = step_inputs(batch, torch.float32, seed=1)
+    s32 = tuple(torch.zeros_like(s) for s in s32)
+    s16 = (s32[0].clone(), s32[1].to(torch.bfloat16), s32[2].clone(), s32[3].clone())
+    errs = []
+    for t in range(steps):
+        x, _ = step_inputs(batch, torch.float32, seed=100 + t)
+        y32, _ = siso.mamba3_step_triton(**x, state=s32, inplace=True)
+        y16, _ = siso.mamba3_step_triton(**x, state=s16, inplace=True)
+        errs.append(((y16.float() - y32.float()).norm() / y32.float().norm()).item())
+    state_err = ((s16[1].float() - s32[1]).norm() / s32[1].norm()).item()
+    return {"steps": steps, "batch": batch, "y_rel_err_mean": sum(errs) / len(errs),
+            "y_rel_err_max": max(errs), "y_rel_err_last": errs[-1],
+            "state_rel_err_last": state_err}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    best = {}
+    for r in result["prefill"]:
+        key = (r["batch"], r["seqlen"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = r
+    labels = [f"B={b} L={s}" for b, s in best]
+    xs = range(len(best))
+    ax1.bar([i - 0.2 for i in xs], [r["official_ms"] for r in best.values()], 0.4,
+            label="official Triton (published)")
+    ax1.bar([i + 0.2 for i in xs], [r["ms"] for r in best.values()], 0.4, label="ours")
+    ax1.set_xticks(list(xs), labels)
+    ax1.set_ylabel("ms")
+    ax1.set_title("prefill forward (H=64, P=64, N=128, bf16)")
+    ax1.legend()
+    dec = result["decode"]
+    labels = [f"B={r['batch']} {r['state']}" for r in dec]
+    xs = range(len(dec))
+    ax2.bar([i - 0.27 for i in xs], [r["bound_us"] for r in dec], 0.27, label="memory bound")
+    ax2.bar(list(xs), [r["graph_us"] for r in dec], 0.27, label="ours (CUDA graph)")
+    ax2.bar([i + 0.27 for i in xs], [r["eager_us"] for r in dec], 0.27, label="ours (eager)")
+    ax2.set_xticks(list(xs), labels)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("us per step")
+    ax2.set_title("decode step")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--quick", action="store_true", help="one variant per shape")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    bandwidth = copy_bandwidth()
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+          f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    shapes = [(1, 16384), (1, 65536), (8, 4096)]
+    chunks = [64] if args.quick else [64, 128]
+    warps = [4] if args.quick else [4, 8]
+    result = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "triton": triton.__version__, "date": datetime.date.today().isoformat(),
+        "copy_bandwidth_TBps": bandwidth / 1e12,
+        "prefill": bench_prefill(shapes, chunks, warps),
+        "decode": bench_decode([1, 128], bandwidth),
+        "bf16_state": bf16_state_error(),
+    }
+    print(json.dumps(result["bf16_state"]))
+    (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out / "siso_kernels.png")
+    print("\n| shape | ms (best) | official ms | speed-up |")
+    print("|---|---|---|---|")
+    best = {}
+    for r in result["prefill"]:
+        key = (r["batch"], r["seqlen"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = r
+    for (b, s), r in best.items():
+        print(f"| B={b} L={s} (chunk {r['chunk']}, {r['warps']} warps) | {r['ms']:.3f} | "
+              f"{r['official_ms']} | {r['speedup']:.2f} |")
+    print("\n| decode | graph us | eager us | bound us | official us |")
+    print("|---|---|---|---|---|")
+    for r in result["decode"]:
+        print(f"| B={r['batch']} {r['state']} | {r['graph_us']:.2f} | {r['eager_us']:.2f} "
+              f"| {r['bound_us']:.2f} | {r['official_us']} |")
+
+
+if __name__ == "__main__":
+    main()
