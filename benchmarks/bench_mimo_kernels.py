@@ -23,13 +23,14 @@ import torch
 
 from mamba3_integrations.kernels import mamba3_mimo_step, mamba3_step
 from mamba3_integrations.kernels.mamba3_mimo_triton import _forward
+from mamba3_integrations.kernels.mamba3_mimo_triton_step import mamba3_mimo_step_triton
 
 H, P, N, R, G = 64, 64, 128, 4, 1
 A = N // 4  # rope_fraction 0.5
 DTYPE = torch.bfloat16
 PREFILL = [(1, 16384), (8, 4096)]
 DECODE = [1, 128]
-CONFIGS = [(64, 4), (64, 8), (32, 4), (32, 8)]  # (headdim tile, warps) of the prefill
+CONFIGS = [(64, 8), (64, 4), (32, 8), (32, 4)]  # (rows per chunk, warps) of the prefill
 
 
 def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
@@ -89,10 +90,10 @@ def prefill_flops(batch: int, seqlen: int) -> float:
     return batch * H * rows * per_row
 
 
-def ours_prefill(x: dict, block_p: int, num_warps: int) -> torch.Tensor:
+def ours_prefill(x: dict, chunk_rows: int, num_warps: int) -> torch.Tensor:
     """Our fused prefill forward with the final state (as a cached prefill runs it)."""
     return _forward(**x, initial_state=None, return_state=True, cu=None, out_dtype=DTYPE,
-                    block_p=block_p, num_warps=num_warps)[0]
+                    rows=chunk_rows, num_warps=num_warps)[0]
 
 
 def official_prefill(folder: str):
@@ -121,20 +122,20 @@ def bench_prefill(official_dir: str | None) -> list[dict]:
         x = prefill_inputs(batch, seqlen)
         flops = prefill_flops(batch, seqlen)
         baseline = None
-        for block_p, warps in CONFIGS:
-            ours = functools.partial(ours_prefill, x, block_p, warps)
+        for chunk_rows, warps in CONFIGS:
+            ours = functools.partial(ours_prefill, x, chunk_rows, warps)
             t0 = time.time()
             try:
                 out = ours()
             except Exception as exc:  # e.g. out of shared memory for this tile
-                print(f"config {(block_p, warps)} failed: {type(exc).__name__}: {exc}")
+                print(f"config {(chunk_rows, warps)} failed: {type(exc).__name__}: {exc}")
                 continue
             compile_s = time.time() - t0
             if baseline is None:
                 baseline = out.float()
             diff = ((out.float() - baseline).norm() / baseline.norm()).item()
             ms = cuda_time(ours)
-            rows.append(dict(kernel="ours", batch=batch, seqlen=seqlen, block_p=block_p,
+            rows.append(dict(kernel="ours", batch=batch, seqlen=seqlen, chunk_rows=chunk_rows,
                              num_warps=warps, ms=ms, tokens_per_s=batch * seqlen / ms * 1e3,
                              tflops=flops / ms / 1e9, rel_diff_to_first_config=diff,
                              first_call_s=compile_s))
@@ -182,7 +183,10 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        for name, rank, step in (("mimo_r4", R, mamba3_mimo_step), ("siso", None, mamba3_step)):
+        steps = (("mimo_r4", R, mamba3_mimo_step),
+                 ("mimo_r4_8warps", R, functools.partial(mamba3_mimo_step_triton, num_warps=8)),
+                 ("siso", None, mamba3_step))
+        for name, rank, step in steps:
             x, state = decode_inputs(batch, rank)
             run = functools.partial(step, **x, state=state, inplace=True)
             try:
@@ -246,10 +250,10 @@ def main() -> None:
     prefill = bench_prefill(args.official)
     decode = bench_decode()
     print(f"\nprefill forward ({torch.cuda.get_device_name()})")
-    print(f"{'kernel':18} {'B':>3} {'L':>6} {'tile':>4} {'warps':>5} {'ms':>8} "
+    print(f"{'kernel':18} {'B':>3} {'L':>6} {'rows':>4} {'warps':>5} {'ms':>8} "
           f"{'Mtok/s':>8} {'TFLOP/s':>8}")
     for r in prefill:
-        print(f"{r['kernel']:18} {r['batch']:3d} {r['seqlen']:6d} {r.get('block_p', ''):>4} "
+        print(f"{r['kernel']:18} {r['batch']:3d} {r['seqlen']:6d} {r.get('chunk_rows', ''):>4} "
               f"{r.get('num_warps', ''):>5} {r['ms']:8.3f} {r['tokens_per_s'] / 1e6:8.2f} "
               f"{r['tflops']:8.1f}")
     print("\ndecode step (one launch per layer and token)")

@@ -65,17 +65,16 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
              MIMO_O: Tensor | None, D: Tensor | None, Z: Tensor | None,
              MIMO_Z: Tensor | None, Norm_Weight: Tensor | None,
              initial_state: Mamba3State | None, return_state: bool, cu: Tensor | None,
-             out_dtype: torch.dtype, block_p: int | None = None, num_warps: int = 8,
+             out_dtype: torch.dtype, rows: int = 64, num_warps: int = 8,
              ) -> tuple[Tensor, Mamba3State | None]:
-    """Launch the fused forward; returns ``(out, final_state or None)``."""
+    """Launch the fused forward (``rows`` per chunk: tokens times padded rank); returns
+    ``(out, final_state or None)``."""
     batch, seqlen, rank, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[2], V.shape[3]
     n_angles = Angles.shape[3]
     nseq = _seq_count(batch, seqlen, cu)
     dev = V.device
-    ct, rp, bh = kernel_blocks(rank, d_state)
-    if block_p is None or Norm_Weight is not None:  # the norm needs all of headdim at once
-        block_p = max(16, triton.next_power_of_2(headdim))
+    ct, rp, bh = kernel_blocks(rank, d_state, rows)
     f32 = {"device": dev, "dtype": torch.float32}
     scalars = [t.contiguous() for t in (ADT, DT, Trap)]
     params = [t.contiguous() for t in (Q_bias, K_bias, MIMO_V)]
@@ -97,14 +96,15 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     else:
         fin_angle = fin_ssm = fin_k = dummy
     z = Z if Z is not None else V
-    grid = (nheads * triton.cdiv(headdim, block_p), nseq)
+    grid = (nheads, nseq)
     _mimo_fwd_kernel[grid](
         Q, K, V, z, Angles, *scalars, *params, *opt,
         start if start is not None else dummy, angle0, cu if cu is not None else dummy,
         out, fin_angle, fin_ssm, fin_k,
         seqlen, rank, nheads // ngroups, headdim, d_state // 2, n_angles, NORM_EPS,
         *Q.stride(), *V.stride(), *z.stride(), *Angles.stride(), *so, nheads,
-        CT=ct, RP=rp, BH=bh, BP=block_p, HAS_D=D is not None, HAS_Z=Z is not None,
+        CT=ct, RP=rp, BH=bh, BP=max(16, triton.next_power_of_2(headdim)),
+        HAS_D=D is not None, HAS_Z=Z is not None,
         HAS_NORM=Norm_Weight is not None, REDUCE_O=reduce_o, HAS_START=start is not None,
         RETURN_STATE=return_state, IS_VARLEN=cu is not None, PRECISION=_precision(V),
         num_warps=num_warps,

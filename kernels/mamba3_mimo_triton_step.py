@@ -125,6 +125,7 @@ def mamba3_mimo_step_triton(
     Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
     state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
     MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
+    num_warps: int = 4,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments and results as ``mamba3_mimo_step``."""
     batch, rank, ngroups, d_state = Q.shape
@@ -158,6 +159,6 @@ def mamba3_mimo_step_triton(
         out.stride(0), out.stride(1),
         R=rank, BH=max(16, triton.next_power_of_2(d_state // 2)),
         BP=max(16, triton.next_power_of_2(headdim)), HAS_D=D is not None, HAS_Z=Z is not None,
-        HAS_NORM=Norm_Weight is not None, num_warps=4,
+        HAS_NORM=Norm_Weight is not None, num_warps=num_warps,
     )
     return out, tuple(new)
