@@ -4,7 +4,7 @@ VectorStoreIndex, query and chat engines."""
 from __future__ import annotations
 
 import pytest
-from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
 
@@ -22,11 +22,11 @@ def embed_model(tiny_encoder) -> Mamba3Embedding:
 
 
 @pytest.fixture
-def settings(embed_model, tiny_lm, monkeypatch):
+def settings(embed_model, tiny_lm, isolated_settings):
     """Our embedding model and LLM as the global Settings, restored afterwards."""
-    monkeypatch.setattr(Settings, "_embed_model", embed_model)
-    monkeypatch.setattr(Settings, "_llm", Mamba3LLM(lm=tiny_lm, max_new_tokens=8))
-    return Settings
+    isolated_settings.embed_model = embed_model
+    isolated_settings.llm = Mamba3LLM(lm=tiny_lm, max_new_tokens=8)
+    return isolated_settings
 
 
 def test_query_and_text_embeddings(embed_model, tiny_encoder):

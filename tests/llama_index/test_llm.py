@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from llama_index.core import Settings
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 from llama_index.core.prompts import PromptTemplate
 
@@ -100,14 +99,14 @@ def test_stop_strings_and_options(llm, tiny_lm):
     assert llm.complete("hello", temperature=0).text == greedy
 
 
-def test_settings_and_predict(llm, monkeypatch):
-    monkeypatch.setattr(Settings, "_llm", llm)
+def test_settings_and_predict(llm, isolated_settings):
+    isolated_settings.llm = llm
     template = PromptTemplate("Summarise: {text}")
-    out = Settings.llm.predict(template, text="state space models")
+    out = isolated_settings.llm.predict(template, text="state space models")
     expected = llm.chat([ChatMessage(role=MessageRole.USER,
                                      content="Summarise: state space models")]).message.content
     assert out == expected
-    assert "".join(Settings.llm.stream(template, text="state space models")) == expected
+    assert "".join(isolated_settings.llm.stream(template, text="state space models")) == expected
 
 
 def test_bad_input(llm, tiny_lm, tmp_path):
