@@ -67,3 +67,11 @@ def save_tiny_encoder(folder: Path, embedding: dict | None = None,
     config = hybrid_config(len(make_tokenizer()), attn_window=windows,
                            embedding=dict(embedding or TINY_EMBEDDING))
     return save_tiny_lm(folder, config=config, seed=seed)
+
+
+def save_tiny_embedder(folder: Path, seed: int = 1) -> Path:
+    """A random-weight pure Mamba-3 encoder folder with ``embedding`` settings."""
+    tokenizer = make_tokenizer()
+    config = hybrid_config(len(tokenizer), window=None, attn_layer_idx=[],
+                           embedding={"pooling": "mean", "normalize": True})
+    return save_tiny_lm(folder, config=config, seed=seed)
