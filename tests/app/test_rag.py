@@ -58,7 +58,8 @@ def test_ask_streams_an_answer_with_ordered_sources_within_budget(pipeline):
     assert text == pipeline.lm.generate_text(
         pipeline.prompt("What does a GIN index support?", chunks), max_new_tokens=8)
     prompt = pipeline.prompt("Q?", chunks)
-    assert all(c.text.strip() in prompt for c in chunks) and prompt.rstrip().endswith("<|assistant|>")
+    assert all(c.text.strip() in prompt for c in chunks)
+    assert prompt.rstrip().endswith("<|assistant|>")
 
 
 def test_empty_question_is_an_error(pipeline):
