@@ -17,13 +17,10 @@ from typing import Any
 import torch
 
 from mamba3_integrations.errors import InputError
+from mamba3_integrations.models import default_lm_path
 from mamba3_integrations.runtime.causal_lm import Mamba3ForCausalLM
 from mamba3_integrations.runtime.generation import as_batch, stream_steps
 from mamba3_integrations.runtime.streaming import IncrementalDecoder
-
-# The folder a component loads when it is given neither ``model_path`` nor a model;
-# None until models ship with the package.
-DEFAULT_LM_PATH: str | None = None
 
 # Context window reported when ``config.json`` has no ``context_length``.
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -59,12 +56,10 @@ def load_lm(model_path: str | os.PathLike | None = None, lm: Mamba3ForCausalLM |
             dtype: torch.dtype | str | None = None,
             device: torch.device | str | None = None) -> Mamba3ForCausalLM:
     """The model an adapter was given: ``lm`` as is (``model_path`` then only names it),
-    else loaded from ``model_path`` (or ``DEFAULT_LM_PATH``). It needs a tokenizer."""
+    else loaded from ``model_path`` (or the shipped ``mamba3-hybrid-mini``). It needs a
+    tokenizer."""
     if lm is None:
-        path = model_path if model_path is not None else DEFAULT_LM_PATH
-        if path is None:
-            raise InputError("model_path is required: the folder of a Mamba-3 model "
-                             "(config.json, weights and tokenizer)")
+        path = model_path if model_path is not None else default_lm_path()
         lm = Mamba3ForCausalLM.from_pretrained(path, dtype=dtype, device=device)
     if lm.tokenizer is None:
         raise InputError("the model has no tokenizer: save one in its folder or set "

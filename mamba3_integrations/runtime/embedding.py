@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamba3_integrations.errors import CheckpointError, ConfigError, InputError
+from mamba3_integrations.models import default_embedding_path
 from mamba3_integrations.runtime import checkpoint
 from mamba3_integrations.runtime.causal_lm import Mamba3ForCausalLM
 from mamba3_integrations.runtime.completion import check_text
@@ -30,9 +31,6 @@ from mamba3_integrations.runtime.generation import left_pad
 POOLING_MODES = ("mean", "last")
 DEFAULT_BATCH_SIZE = 32
 
-# The folder an embedding component loads when given neither ``model_path`` nor an
-# encoder; None until models ship with the package.
-DEFAULT_EMBEDDING_PATH: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,13 +94,10 @@ def load_encoder(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Mamba3Encoder:
     """The encoder an adapter was given: ``encoder`` as is (``model_path`` then only names
-    it), else loaded from ``model_path`` (or ``DEFAULT_EMBEDDING_PATH``)."""
+    it), else loaded from ``model_path`` (or the shipped ``mamba3-embed-mini``)."""
     if encoder is not None:
         return encoder
-    path = model_path if model_path is not None else DEFAULT_EMBEDDING_PATH
-    if path is None:
-        raise InputError("model_path is required: the folder of a Mamba-3 embedding model "
-                         "(config.json with 'embedding' settings, weights and tokenizer)")
+    path = model_path if model_path is not None else default_embedding_path()
     return Mamba3Encoder.from_pretrained(path, dtype=dtype, device=device, batch_size=batch_size)
 
 

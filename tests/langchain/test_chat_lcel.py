@@ -158,7 +158,5 @@ def test_bad_input(chat, tiny_lm, tmp_path):
         llm.invoke("")
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         ChatMamba3(lm=tiny_lm, max_new_tokens=3)
-    with pytest.raises(ValueError, match="model_path is required"):
-        ChatMamba3()
     with pytest.raises(CheckpointError, match="has no config.json"):
         ChatMamba3(model_path=str(tmp_path))

@@ -64,7 +64,5 @@ def test_bad_input(tiny_encoder, tiny_lm_dir):
         embeddings.embed_documents([1])
     with pytest.raises(CheckpointError, match="is not an embedding model"):
         Mamba3Embeddings(model_path=str(tiny_lm_dir))
-    with pytest.raises(ValueError, match="model_path is required"):
-        Mamba3Embeddings()
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         Mamba3Embeddings(encoder=tiny_encoder, normalise=True)

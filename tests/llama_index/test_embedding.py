@@ -95,5 +95,3 @@ def test_bad_input(embed_model, tiny_lm_dir):
         embed_model.get_text_embedding_batch(["ok", b"bytes"])
     with pytest.raises(CheckpointError, match="is not an embedding model"):
         Mamba3Embedding(model_path=str(tiny_lm_dir))
-    with pytest.raises(InputError, match="model_path is required"):
-        Mamba3Embedding()

@@ -128,8 +128,6 @@ def test_bad_input(llm, tiny_lm, tmp_path):
         llm.chat([])
     with pytest.raises(InputError, match=r"unknown generation option\(s\) \['max_tokenz'\]"):
         llm.complete("hi", max_tokenz=3)
-    with pytest.raises(InputError, match="model_path is required"):
-        Mamba3LLM()
     with pytest.raises(CheckpointError, match="has no config.json"):
         Mamba3LLM(model_path=str(tmp_path))
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):

@@ -78,8 +78,6 @@ def test_stream_reports_usage_and_finish_reason(tiny_lm, monkeypatch):
 
 def test_load_lm_and_text_prompt(tiny_lm, monkeypatch):
     assert load_lm("ignored/when/a/model/is/given", tiny_lm) is tiny_lm
-    with pytest.raises(InputError, match="model_path is required"):
-        load_lm()
     assert text_prompt(tiny_lm, "hi") == tiny_lm.tokenizer("hi")["input_ids"]
     with pytest.raises(InputError, match="prompt has type int, expected str"):
         text_prompt(tiny_lm, 3)
