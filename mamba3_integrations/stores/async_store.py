@@ -233,6 +233,7 @@ class AsyncPgVectorCore(CoreBase):
                     raise gave_up(error, call.action, self._dsn, attempt) from error
                 logger.warning("%s: %s; retrying in %.2fs", call.action, error, delay)
                 await asyncio.sleep(delay)
+                await pool.check()
 
     async def _open_pool(self) -> AsyncConnectionPool:
         loop = asyncio.get_running_loop()

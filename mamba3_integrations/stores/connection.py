@@ -122,13 +122,17 @@ async def connect_probe_async(dsn: str, options: ConnectionOptions) -> None:
 
 
 def new_pool(dsn: str, options: ConnectionOptions) -> ConnectionPool:
-    """An unopened pool of autocommit connections, each checked before it is handed out."""
+    """An unopened pool of autocommit connections.
+
+    Connections are not tested on every checkout (that costs a round trip per operation);
+    instead, after a transient failure the cores call ``pool.check()``, which drops every
+    broken idle connection before the retry.
+    """
     return ConnectionPool(
         dsn,
         min_size=1,
         max_size=options.pool_size,
         kwargs={"autocommit": True},
-        check=ConnectionPool.check_connection,
         timeout=options.connect_timeout,
         open=False,
         name="mamba3-pgvector",
@@ -142,7 +146,6 @@ def new_async_pool(dsn: str, options: ConnectionOptions) -> AsyncConnectionPool:
         min_size=1,
         max_size=options.pool_size,
         kwargs={"autocommit": True},
-        check=AsyncConnectionPool.check_connection,
         timeout=options.connect_timeout,
         open=False,
         name="mamba3-pgvector-async",

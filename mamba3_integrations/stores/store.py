@@ -233,6 +233,7 @@ class PgVectorCore(CoreBase):
                     raise gave_up(error, call.action, self._dsn, attempt) from error
                 logger.warning("%s: %s; retrying in %.2fs", call.action, error, delay)
                 time.sleep(delay)
+                pool.check()
 
     def _open_pool(self) -> ConnectionPool:
         with self._lock:

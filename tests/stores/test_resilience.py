@@ -198,3 +198,12 @@ def test_connection_errors_hide_the_password(tmp_path, collection_name):
     with pytest.raises(StoreConnectionError) as caught:
         core.count()
     assert "hunter2" not in str(caught.value)
+
+
+def test_pooled_connections_broken_by_a_restart_are_replaced(make_core, postgres, caplog):
+    core = make_core(8)
+    core.upsert(numbered(0, 10))
+    postgres.stop()
+    postgres.start()
+    assert core.count() == 10
+    assert "retrying" in caplog.text
