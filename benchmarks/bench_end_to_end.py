@@ -22,6 +22,7 @@ import torch
 import triton
 from triton.testing import do_bench
 
+from mamba3_integrations.kernels import mamba3_siso_triton as siso
 from mamba3_integrations.modeling import Mamba3LMHeadModel
 from mamba3_integrations.modeling.config import Mamba3Config
 from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
@@ -30,13 +31,13 @@ VOCAB = 50277
 WINDOW = 4096
 
 
-def mamba3_config() -> Mamba3Config:
+def mamba3_config(chunk_size: int = 64) -> Mamba3Config:
     """48 layers at d_model 2048: 44 Mamba-3 (64 heads of 64, d_state 128), two global and
     two sliding-window (4096) GQA attention layers; no MLP (official Mamba LM layout)."""
     return Mamba3Config(
         d_model=2048, d_intermediate=0, n_layer=48, vocab_size=VOCAB,
         ssm_cfg={"layer": "Mamba3", "d_state": 128, "headdim": 64, "expand": 2,
-                 "chunk_size": 64},
+                 "chunk_size": chunk_size},
         attn_layer_idx=[11, 23, 35, 47], attn_window={11: WINDOW, 35: WINDOW},
         attn_cfg={"num_heads": 16, "num_heads_kv": 4, "head_dim": 128,
                   "rotary_emb_dim": 128, "causal": True, "qkv_proj_bias": False,
@@ -204,14 +205,24 @@ def main() -> None:
     parser.add_argument("--llama-decode-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--tuning", type=Path, help="siso_kernels.json: use its best kernels")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    chunk = 64
+    if args.tuning is not None and args.tuning.exists():
+        best = json.loads(args.tuning.read_text())["best"]
+        chunk = best["chunk"]
+        siso.CHUNK_WARPS[chunk] = best["warps"]
+        siso.TUNING["chunks_per_program"] = best["cpp"]
+        siso.STEP_WARPS = best["step_warps"]
+        print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
     torch.manual_seed(0)
-    mamba = Mamba3LMHeadModel(mamba3_config(), device="cuda", dtype=torch.bfloat16)
+    mamba = Mamba3LMHeadModel(mamba3_config(chunk), device="cuda", dtype=torch.bfloat16)
     mamba.init_weights()
     mamba.eval()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "chunk_size": chunk,
               "triton": triton.__version__, "date": datetime.date.today().isoformat(),
               "copy_bandwidth_TBps": bandwidth / 1e12,
               "mamba3_params": sum(p.numel() for p in mamba.parameters()),

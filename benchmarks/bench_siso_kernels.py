@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -73,34 +74,36 @@ def kernel_breakdown(fn) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def bench_prefill(shapes, chunks, warps_variants) -> list[dict]:
+def bench_prefill(shapes, variants) -> list[dict]:
+    """All ``variants`` (chunk, warps, chunks per program) on the first shape, the two
+    fastest of them on the others. Each shape is checked against the reference once."""
     rows = []
-    for batch, seqlen in shapes:
+    for n_shape, (batch, seqlen) in enumerate(shapes):
         x = prefill_inputs(batch, seqlen)
-        # One check per shape: the timed kernels compute the reference's function.
         n = min(seqlen, 4096)
-        part = {k: (v[:, :n] if k in ("Q", "K", "V", "Z", "Angles") else
-                    v[..., :n] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
-        part = {k: v[:1] if k not in ("Q_bias", "K_bias", "D") else v for k, v in part.items()}
+        part = {k: (v[:1, :n] if k in ("Q", "K", "V", "Z", "Angles") else
+                    v[:1, :, :n] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
         ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
-        got = siso.mamba3_scan_triton(**part)
-        err = ((got.float() - ref).norm() / ref.norm()).item()
-        for chunk in chunks:
-            for warps in warps_variants:
-                siso.CHUNK_WARPS[chunk] = warps
-                fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
-                ms = median_ms(fn)
-                official = OFFICIAL_PREFILL_MS[(batch, seqlen)]
-                rows.append({"batch": batch, "seqlen": seqlen, "chunk": chunk, "warps": warps,
-                             "ms": ms, "official_ms": official, "speedup": official / ms,
-                             "Mtok_per_s": batch * seqlen / ms / 1e3, "rel_err_vs_ref": err,
-                             "kernels_ms": kernel_breakdown(fn)})
-                print(f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} "
-                      f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
-                      f"err {err:.1e}", flush=True)
+        if n_shape == 1:
+            ranked = sorted(rows, key=lambda r: r["ms"])
+            variants = [(r["chunk"], r["warps"], r["cpp"]) for r in ranked[:2]]
+        for chunk, warps, cpp in variants:
+            siso.CHUNK_WARPS[chunk] = warps
+            siso.TUNING["chunks_per_program"] = cpp
+            got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
+            err = ((got.float() - ref).norm() / ref.norm()).item()
+            fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
+            ms = median_ms(fn)
+            official = OFFICIAL_PREFILL_MS[(batch, seqlen)]
+            rows.append({"batch": batch, "seqlen": seqlen, "chunk": chunk, "warps": warps,
+                         "cpp": cpp, "ms": ms, "official_ms": official,
+                         "speedup": official / ms, "Mtok_per_s": batch * seqlen / ms / 1e3,
+                         "rel_err_vs_ref": err, "kernels_ms": kernel_breakdown(fn)})
+            print(f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
+                  f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
+                  f"err {err:.1e}", flush=True)
         del x
         torch.cuda.empty_cache()
-    siso.CHUNK_WARPS.update({64: 4, 128: 8})
     return rows
 
 
@@ -128,10 +131,11 @@ def step_bytes(batch: int, state_dtype: torch.dtype) -> int:
     return batch * (H * per_head + 2 * G * N * 2)
 
 
-def bench_decode(batches, bandwidth: float, steps_per_graph: int = 100) -> list[dict]:
+def bench_decode(batches, bandwidth: float, warps=(4, 8), steps_per_graph: int = 100):
     rows = []
     for batch in batches:
-        for state_dtype in (torch.float32, torch.bfloat16):
+        for state_dtype, num_warps in itertools.product((torch.float32, torch.bfloat16), warps):
+            siso.STEP_WARPS = num_warps
             x, state = step_inputs(batch, state_dtype)
 
             step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
@@ -148,12 +152,12 @@ def bench_decode(batches, bandwidth: float, steps_per_graph: int = 100) -> list[
             graph_us = median_ms(graph.replay) * 1e3 / steps_per_graph
             bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
             name = "fp32" if state_dtype == torch.float32 else "bf16"
-            rows.append({"batch": batch, "state": name, "graph_us": graph_us,
+            rows.append({"batch": batch, "state": name, "warps": num_warps, "graph_us": graph_us,
                          "eager_us": eager_us, "bound_us": bound_us,
                          "graph_over_bound": graph_us / bound_us,
                          "official_us": OFFICIAL_DECODE_US[batch]})
-            print(f"decode B={batch:<3} state={name}  graph {graph_us:7.2f} us  eager "
-                  f"{eager_us:7.2f} us  bound {bound_us:7.2f} us  "
+            print(f"decode B={batch:<3} state={name} warps={num_warps}  graph {graph_us:7.2f} us"
+                  f"  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
                   f"(x{graph_us / bound_us:4.2f})  official {OFFICIAL_DECODE_US[batch]} us",
                   flush=True)
     return rows
@@ -198,7 +202,12 @@ def plot(result: dict, path: Path) -> None:
     ax1.set_ylabel("ms")
     ax1.set_title("prefill forward (H=64, P=64, N=128, bf16)")
     ax1.legend()
-    dec = result["decode"]
+    fastest = {}
+    for r in result["decode"]:
+        key = (r["batch"], r["state"])
+        if key not in fastest or r["graph_us"] < fastest[key]["graph_us"]:
+            fastest[key] = r
+    dec = list(fastest.values())
     labels = [f"B={r['batch']} {r['state']}" for r in dec]
     xs = range(len(dec))
     ax2.bar([i - 0.27 for i in xs], [r["bound_us"] for r in dec], 0.27, label="memory bound")
@@ -223,17 +232,24 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     shapes = [(1, 16384), (1, 65536), (8, 4096)]
-    chunks = [64] if args.quick else [64, 128]
-    warps = [4] if args.quick else [4, 8]
+    variants = [(64, 4, 4)] if args.quick else [(64, 4, 1), (64, 4, 4), (64, 8, 4),
+                                                 (128, 8, 4), (128, 4, 4)]
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "triton": triton.__version__, "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12,
-        "prefill": bench_prefill(shapes, chunks, warps),
+        "prefill": bench_prefill(shapes, variants),
         "decode": bench_decode([1, 128], bandwidth),
         "bf16_state": bf16_state_error(),
     }
     print(json.dumps(result["bf16_state"]))
+    fastest = min((r for r in result["prefill"] if r["seqlen"] == 16384), key=lambda r: r["ms"])
+    step = {}
+    for r in result["decode"]:
+        key = (r["batch"], r["state"])
+        step[key] = min(step.get(key, (1e9, 0)), (r["graph_us"], r["warps"]))
+    result["best"] = {"chunk": fastest["chunk"], "warps": fastest["warps"],
+                      "cpp": fastest["cpp"], "step_warps": step[(128, "fp32")][1]}
     (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "siso_kernels.png")
     print("\n| shape | ms (best) | official ms | speed-up |")
@@ -244,13 +260,15 @@ def main() -> None:
         if key not in best or r["ms"] < best[key]["ms"]:
             best[key] = r
     for (b, s), r in best.items():
-        print(f"| B={b} L={s} (chunk {r['chunk']}, {r['warps']} warps) | {r['ms']:.3f} | "
+        print(f"| B={b} L={s} (chunk {r['chunk']}, {r['warps']} warps, {r['cpp']} per program) "
+              f"| {r['ms']:.3f} | "
               f"{r['official_ms']} | {r['speedup']:.2f} |")
-    print("\n| decode | graph us | eager us | bound us | official us |")
-    print("|---|---|---|---|---|")
+    print("\n| decode | warps | graph us | eager us | bound us | official us |")
+    print("|---|---|---|---|---|---|")
     for r in result["decode"]:
-        print(f"| B={r['batch']} {r['state']} | {r['graph_us']:.2f} | {r['eager_us']:.2f} "
-              f"| {r['bound_us']:.2f} | {r['official_us']} |")
+        print(f"| B={r['batch']} {r['state']} | {r['warps']} | {r['graph_us']:.2f} | "
+              f"{r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['official_us']} |")
+    print("best:", json.dumps(result["best"]))
 
 
 if __name__ == "__main__":

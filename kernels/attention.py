@@ -4,8 +4,9 @@
 
 - CUDA, no window and no padding: ``scaled_dot_product_attention`` (flash backend,
   GQA without copying keys), or plain SDPA for a single query.
-- CUDA with a sliding window, padding or more keys than queries: FlexAttention with a
-  block mask built directly from the window, so the cost grows linearly with the length.
+- CUDA with a sliding window, padding or more keys than queries (at least 128 queries):
+  FlexAttention with a block mask built directly from the window, so the cost grows
+  linearly with the length.
 - Otherwise (CPU, float64, head sizes FlexAttention does not take): the reference, SDPA
   with explicit boolean masks, a sliding window computed block by block over the queries.
 
@@ -85,7 +86,9 @@ def attention(
             return _single_query(q, k, v, window, key_padding_mask, softmax_scale)
         if key_padding_mask is None and window is None and (lq == lk or not causal):
             return _sdpa_plain(q, k, v, causal, softmax_scale)
-        if _flex_supported(q):
+        # Fewer queries than a block: FlexAttention's decoding kernel found no valid
+        # configuration for some of these on torch 2.11; the reference is cheap there.
+        if lq >= FLEX_BLOCK and _flex_supported(q):
             return _flex_attention(q, k, v, causal, window, key_padding_mask, softmax_scale)
     return attention_reference(q, k, v, causal, window, key_padding_mask, softmax_scale)
 

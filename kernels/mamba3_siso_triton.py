@@ -19,8 +19,10 @@ from mamba3_integrations.kernels import mamba3_siso_triton_fwd as fwd
 from mamba3_integrations.kernels import mamba3_siso_triton_step as step
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
-STATE_BLOCK = 1024  # elements of the (P, N) state per state-passing program (about)
+STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
+TUNING = {"chunks_per_program": 4, "stages": 2}  # forward chunk kernels
+STEP_WARPS = 4  # num_warps of the decode step
 
 
 @dataclass
@@ -139,14 +141,23 @@ def scan_forward(
     states = torch.empty(lay.nchunks, nheads, headdim, d_state, **f32)
     atot = torch.empty(lay.nchunks, nheads, **f32)
     chunk_ang = torch.empty(lay.nchunks, nheads, n_angles, **f32)
-    common = (seqlen, lay.chunks_per_seq, nheads, nheads // ngroups, d_state // 2, n_angles,
-              headdim)
-    meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
-            "IEEE": ieee, "num_warps": CHUNK_WARPS[chunk_size]}
+    dty = V.dtype
+    q_rot = torch.empty(batch, nheads, seqlen, d_state, device=dev, dtype=dty)
+    k_rot = torch.empty_like(q_rot)
+    cpp = max(1, min(TUNING["chunks_per_program"], lay.nchunks))
+    grid = (triton.cdiv(lay.nchunks, cpp), nheads)
+    varlen = lay.chunks is not None
+    meta = {"C": chunk_size, "NH": NH, "CPP": cpp, "IS_VARLEN": varlen,
+            "num_warps": CHUNK_WARPS[chunk_size], "num_stages": TUNING["stages"]}
+    bounds = (seqlen, lay.nchunks, lay.chunks_per_seq, nheads)
+    fwd._rotate_kernel[grid](
+        Q, *Q.stride(), K, *K.stride(), DT, *DT.stride(), Q_bias, K_bias, *K_bias.stride(),
+        Angles, *Angles.stride(), q_rot, k_rot, chunk_ang, lay.chunks, *bounds,
+        nheads // ngroups, d_state // 2, n_angles, FAST=V.is_cuda and not ieee, **meta)
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
-    fwd._chunk_state_kernel[(lay.nchunks, nheads)](
-        K, *K.stride(), V, *V.stride(), *gates, K_bias, *K_bias.stride(), Angles,
-        *Angles.stride(), states, atot, chunk_ang, lay.chunks, *common, **meta)
+    fwd._chunk_state_kernel[grid](
+        k_rot, V, *V.stride(), *gates, states, atot, lay.chunks, *bounds, d_state // 2, headdim,
+        PB=PB, IEEE=ieee, **meta)
 
     start, angle0 = None, None
     if initial_state is not None:
@@ -164,16 +175,16 @@ def scan_forward(
         *((angle0.stride(0), angle0.stride(1)) if angle0 is not None else (0, 0)),
         final_ssm, final_angle, lay.seq_chunk, lay.chunks_per_seq, nheads, d_state // 2,
         n_angles, headdim, RB=rows, NH=NH, IS_VARLEN=lay.chunks is not None,
-        HAS_START=start is not None, HAS_ANGLE0=angle0 is not None, num_warps=4, num_stages=3)
+        HAS_START=start is not None, HAS_ANGLE0=angle0 is not None, num_warps=4)
 
     out = torch.empty(batch, seqlen, nheads, headdim, device=dev, dtype=V.dtype)
     ypre = torch.empty_like(out) if save and Z is not None else None
     zs = Z.stride() if Z is not None else (0, 0, 0, 0)
-    fwd._chunk_scan_kernel[(lay.nchunks, nheads)](
-        Q, *Q.stride(), K, *K.stride(), V, *V.stride(), Z, *zs, out, *out.stride(), ypre,
-        *gates, Q_bias, K_bias, *K_bias.stride(), Angles, *Angles.stride(), D, offsets, states,
-        lay.chunks, *common, HAS_D=D is not None, HAS_Z=Z is not None,
-        STORE_YPRE=ypre is not None, **meta)
+    fwd._chunk_scan_kernel[grid](
+        q_rot, k_rot, V, *V.stride(), Z, *zs, out, *out.stride(), ypre, *gates, D, offsets,
+        states, lay.chunks, *bounds, d_state // 2, n_angles, headdim, PB=PB,
+        HAS_D=D is not None, HAS_Z=Z is not None, STORE_YPRE=ypre is not None, IEEE=ieee,
+        **meta)
 
     k_last = _first_last(K, lay.last_tok, 1)
     k_last = k_last.repeat_interleave(nheads // ngroups, dim=1) + K_bias
@@ -362,5 +373,6 @@ def mamba3_step_triton(
     out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
     Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
     y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
-    step.launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y)
+    step.launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
+                     num_warps=STEP_WARPS)
     return y, out_state
