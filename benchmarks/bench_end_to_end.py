@@ -233,6 +233,7 @@ def main() -> None:
         row = guarded(run_mamba3, mamba, context, args.decode_tokens, bandwidth)
         result["mamba3"][context] = row
         print("mamba3", context, json.dumps(row), flush=True)
+        (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     del mamba
     torch.cuda.empty_cache()
     if not args.skip_llama:
@@ -242,6 +243,7 @@ def main() -> None:
             row = guarded(run_llama, llama, context, args.llama_decode_tokens, bandwidth)
             result["llama"][context] = row
             print("llama", context, json.dumps(row), flush=True)
+            (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "e2e.png")
     print("\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "

@@ -90,7 +90,11 @@ def bench_prefill(shapes, variants) -> list[dict]:
         for chunk, warps, cpp in variants:
             siso.CHUNK_WARPS[chunk] = warps
             siso.TUNING["chunks_per_program"] = cpp
-            got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
+            try:
+                got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
+            except Exception as exc:  # e.g. a tile configuration out of shared memory
+                print(f"variant chunk={chunk} warps={warps} cpp={cpp} failed: {exc!r:.200}")
+                continue
             err = ((got.float() - ref).norm() / ref.norm()).item()
             fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
             ms = median_ms(fn)
@@ -232,8 +236,7 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     shapes = [(1, 16384), (1, 65536), (8, 4096)]
-    variants = [(64, 4, 4)] if args.quick else [(64, 4, 1), (64, 4, 4), (64, 8, 4),
-                                                 (128, 8, 4), (128, 4, 4)]
+    variants = [(64, 4, 4)] if args.quick else [(64, 4, 4), (64, 8, 4), (128, 8, 4)]
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "triton": triton.__version__, "date": datetime.date.today().isoformat(),
