@@ -13,8 +13,10 @@ ef_search=40), and uses its own public API:
 - ``langchain-postgres``: ``PGVectorStore.add_embeddings(...)`` then
   ``apply_vector_index(HNSWIndex(...))``.
 
-Ingest time runs from the call until the HNSW index exists. Queries ask for the 10 nearest
-neighbours one at a time; recall@10 is measured against exact brute force in numpy.
+Ingest time runs from the call until the HNSW index exists (stores ingest one after the other).
+Queries ask for the 10 nearest neighbours one at a time, each query visiting every store in a
+random order so that background load affects all alike; recall@10 is measured against exact
+brute force in numpy.
 
 Run: ``python benchmarks/bench_pgvector.py --count 100000`` (needs ``llama-index-vector-stores-
 postgres``, ``langchain-postgres`` and ``matplotlib``). Writes ``benchmarks/results/
@@ -86,19 +88,43 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
+def as_nodes(data: Dataset) -> list[Any]:
+    """LlamaIndex text nodes carrying the dataset's embeddings."""
+    from llama_index.core.schema import TextNode
+
+    return [
+        TextNode(id_=id_, text=text, metadata=metadata, embedding=vector)
+        for id_, text, metadata, vector in zip(
+            data.ids, data.texts, data.metadatas, data.vectors.tolist(), strict=True
+        )
+    ]
+
+
+def as_embeddings(data: Dataset) -> dict[str, Any]:
+    """Keyword arguments of LangChain's ``add_embeddings`` for the dataset."""
+    return {
+        "texts": data.texts,
+        "embeddings": data.vectors.tolist(),
+        "metadatas": data.metadatas,
+        "ids": data.ids,
+    }
+
+
 @dataclass
 class Contender:
-    """A store under test. ``prepare`` builds its input objects (untimed), ``load`` ingests,
-    ``build_index`` (when the store needs a separate call) creates the HNSW index, ``search``
-    returns the ids of the ``K`` nearest rows. ``index_seconds`` collects index build times
-    measured inside ``load``."""
+    """A store under test, driven through its public API.
+
+    ``prepare`` builds its input objects (not timed); ``load`` ingests them; ``build_index``,
+    for stores that index in a separate call, creates the HNSW index; ``search`` returns the ids
+    of the ``K`` nearest rows. ``index_seconds`` collects index builds timed inside ``load``.
+    """
 
     name: str
-    prepare: Callable[[Dataset], None]
-    load: Callable[[Dataset], None]
-    build_index: Callable[[], None] | None
+    prepare: Callable[[Dataset], Any]
+    load: Callable[[Any], Any]
     search: Callable[[np.ndarray], list[str]]
     close: Callable[[], None]
+    build_index: Callable[[], Any] | None = None
     index_seconds: list[float] = field(default_factory=list)
 
 
@@ -115,7 +141,6 @@ def timing_index_builds(core: Any, into: list[float]) -> None:
 
 
 def mamba3_llama_index(dsn: str, dimension: int) -> Contender:
-    from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores.types import VectorStoreQuery
 
     from mamba3_integrations.llama_index import PGVectorStore
@@ -127,15 +152,6 @@ def mamba3_llama_index(dsn: str, dimension: int) -> Contender:
         connection_string=dsn,
         index=HnswIndex(**HNSW),
     )
-    nodes: list[TextNode] = []
-
-    def prepare(data: Dataset) -> None:
-        nodes.extend(
-            TextNode(id_=id_, text=text, metadata=metadata, embedding=vector)
-            for id_, text, metadata, vector in zip(
-                data.ids, data.texts, data.metadatas, data.vectors.tolist(), strict=True
-            )
-        )
 
     def search(vector: np.ndarray) -> list[str]:
         result = store.query(VectorStoreQuery(query_embedding=vector.tolist(), similarity_top_k=K))
@@ -145,9 +161,7 @@ def mamba3_llama_index(dsn: str, dimension: int) -> Contender:
         store.client.drop()
         store.close()
 
-    contender = Contender(
-        "mamba3 LlamaIndex", prepare, lambda data: store.add(nodes), None, search, close
-    )
+    contender = Contender("mamba3 LlamaIndex", as_nodes, store.add, search, close)
     timing_index_builds(store.client, contender.index_seconds)
     return contender
 
@@ -165,13 +179,6 @@ def mamba3_langchain(dsn: str, dimension: int) -> Contender:
         embedding_length=dimension,
         index=HnswIndex(**HNSW),
     )
-    vectors: list[list[float]] = []
-
-    def prepare(data: Dataset) -> None:
-        vectors.extend(data.vectors.tolist())
-
-    def load(data: Dataset) -> None:
-        store.add_embeddings(data.texts, vectors, data.metadatas, data.ids)
 
     def search(vector: np.ndarray) -> list[str]:
         return [doc.id for doc in store.similarity_search_by_vector(vector.tolist(), k=K)]
@@ -180,13 +187,18 @@ def mamba3_langchain(dsn: str, dimension: int) -> Contender:
         store.delete_collection()
         store.close()
 
-    contender = Contender("mamba3 LangChain", prepare, load, None, search, close)
+    contender = Contender(
+        "mamba3 LangChain",
+        as_embeddings,
+        lambda inputs: store.add_embeddings(**inputs),
+        search,
+        close,
+    )
     timing_index_builds(store.core, contender.index_seconds)
     return contender
 
 
 def llama_index_postgres(dsn: str, dimension: int) -> Contender:
-    from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores.types import VectorStoreQuery
     from llama_index.vector_stores.postgres import PGVectorStore
 
@@ -206,15 +218,6 @@ def llama_index_postgres(dsn: str, dimension: int) -> Contender:
         "hnsw_dist_method": "vector_cosine_ops",
     }
     indexed = PGVectorStore.from_params(**settings, hnsw_kwargs=hnsw)
-    nodes: list[TextNode] = []
-
-    def prepare(data: Dataset) -> None:
-        nodes.extend(
-            TextNode(id_=id_, text=text, metadata=metadata, embedding=vector)
-            for id_, text, metadata, vector in zip(
-                data.ids, data.texts, data.metadatas, data.vectors.tolist(), strict=True
-            )
-        )
 
     def search(vector: np.ndarray) -> list[str]:
         query = VectorStoreQuery(query_embedding=vector.tolist(), similarity_top_k=K)
@@ -229,11 +232,11 @@ def llama_index_postgres(dsn: str, dimension: int) -> Contender:
 
     return Contender(
         "llama-index-postgres",
-        prepare,
-        lambda data: loader.add(nodes),
-        lambda: indexed.add([]),
+        as_nodes,
+        loader.add,
         search,
         close,
+        build_index=lambda: indexed.add([]),
     )
 
 
@@ -254,16 +257,7 @@ def langchain_postgres(dsn: str, dimension: int) -> Contender:
         table,
         index_query_options=HNSWQueryOptions(ef_search=HNSW["ef_search"]),
     )
-    vectors: list[list[float]] = []
-
-    def prepare(data: Dataset) -> None:
-        vectors.extend(data.vectors.tolist())
-
-    def load(data: Dataset) -> None:
-        store.add_embeddings(data.texts, vectors, data.metadatas, data.ids)
-
-    def build_index() -> None:
-        store.apply_vector_index(HNSWIndex(m=HNSW["m"], ef_construction=HNSW["ef_construction"]))
+    index = HNSWIndex(m=HNSW["m"], ef_construction=HNSW["ef_construction"])
 
     def search(vector: np.ndarray) -> list[str]:
         return [doc.id for doc in store.similarity_search_by_vector(vector.tolist(), k=K)]
@@ -272,7 +266,14 @@ def langchain_postgres(dsn: str, dimension: int) -> Contender:
         engine.drop_table(table)
         engine._run_as_sync(engine.close())
 
-    return Contender("langchain-postgres", prepare, load, build_index, search, close)
+    return Contender(
+        "langchain-postgres",
+        as_embeddings,
+        lambda inputs: store.add_embeddings(**inputs),
+        search,
+        close,
+        build_index=lambda: store.apply_vector_index(index),
+    )
 
 
 CONTENDERS = {
@@ -283,42 +284,53 @@ CONTENDERS = {
 }
 
 
-def run_contender(factory: Callable, dsn: str, data: Dataset, warmup: int) -> dict[str, Any]:
-    """Ingest, index and query with one contender; returns its measurements."""
-    contender = factory(dsn, data.vectors.shape[1])
-    contender.prepare(data)
-    try:
-        started = time.perf_counter()
-        contender.load(data)
-        loaded = time.perf_counter()
-        if contender.build_index is not None:
-            contender.build_index()
-        indexed = time.perf_counter()
-        position = {id_: i for i, id_ in enumerate(data.ids)}
-        for vector in data.queries[:warmup]:
-            contender.search(vector)
-        latencies, recalls = [], []
-        for vector, truth in zip(data.queries, data.truth, strict=True):
-            began = time.perf_counter()
-            found = contender.search(vector)
-            latencies.append((time.perf_counter() - began) * 1000)
-            hits = {position[id_] for id_ in found}
-            recalls.append(len(hits & set(truth.tolist())) / K)
-    finally:
-        contender.close()
-    ingest_seconds = indexed - started
-    index_seconds = sum(contender.index_seconds) + (indexed - loaded)
-    quantiles = statistics.quantiles(latencies, n=100)
+def ingest(contender: Contender, data: Dataset) -> dict[str, Any]:
+    """Load and index the dataset; returns the timings."""
+    inputs = contender.prepare(data)
+    started = time.perf_counter()
+    contender.load(inputs)
+    loaded = time.perf_counter()
+    if contender.build_index is not None:
+        contender.build_index()
+    finished = time.perf_counter()
+    total = finished - started
+    index_seconds = sum(contender.index_seconds) + (finished - loaded)
     return {
         "name": contender.name,
-        "load_seconds": round(ingest_seconds - index_seconds, 2),
+        "load_seconds": round(total - index_seconds, 2),
         "index_seconds": round(index_seconds, 2),
-        "ingest_seconds": round(ingest_seconds, 2),
-        "ingest_rows_per_second": round(len(data.ids) / ingest_seconds),
-        "query_p50_ms": round(quantiles[49], 2),
-        "query_p95_ms": round(quantiles[94], 2),
-        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "ingest_seconds": round(total, 2),
+        "ingest_rows_per_second": round(len(data.ids) / total),
     }
+
+
+def query_all(contenders: list[Contender], data: Dataset, warmup: int, seed: int) -> list[dict]:
+    """Latency and recall per contender; every query visits all contenders in a random order,
+    so background load on the machine affects them alike."""
+    position = {id_: i for i, id_ in enumerate(data.ids)}
+    for contender in contenders:
+        for vector in data.queries[:warmup]:
+            contender.search(vector)
+    rng = np.random.default_rng(seed)
+    latencies: list[list[float]] = [[] for _ in contenders]
+    recalls: list[list[float]] = [[] for _ in contenders]
+    for vector, truth in zip(data.queries, data.truth, strict=True):
+        for i in rng.permutation(len(contenders)):
+            began = time.perf_counter()
+            found = contenders[i].search(vector)
+            latencies[i].append((time.perf_counter() - began) * 1000)
+            recalls[i].append(len({position[id_] for id_ in found} & set(truth.tolist())) / K)
+    results = []
+    for times, hits in zip(latencies, recalls, strict=True):
+        quantiles = statistics.quantiles(times, n=100)
+        results.append(
+            {
+                "query_p50_ms": round(quantiles[49], 2),
+                "query_p95_ms": round(quantiles[94], 2),
+                "recall_at_10": round(float(np.mean(hits)), 4),
+            }
+        )
+    return results
 
 
 def describe_machine(dsn: str) -> dict[str, Any]:
@@ -387,9 +399,14 @@ def plot(results: list[dict[str, Any]], title: str, path: Path) -> None:
     axes[1].set_yticks(positions, names)
     axes[1].set_title("Query latency, k=10 (ms, lower is better)")
     axes[1].legend()
-    axes[2].barh(names, [row["recall_at_10"] for row in results], color=colors)
-    axes[2].set_xlim(0, 1)
+    recalls = [row["recall_at_10"] for row in results]
+    axes[2].barh(names, recalls, color=colors)
+    axes[2].set_xlim(max(0.0, min(recalls) - 0.1), 1.02)
     axes[2].set_title("Recall@10 vs exact search")
+    for ax, label_format in zip(axes, ["{:,.0f}", "{:.2f}", "{:.3f}"], strict=True):
+        ax.margins(x=0.15)
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt=label_format, padding=2, fontsize=8)
     for ax in axes[1:]:
         ax.set_yticklabels([])
     figure.suptitle(title)
@@ -421,14 +438,21 @@ def main() -> None:
 
         scratch = Path(tempfile.mkdtemp(prefix="mamba3-bench-"))
         dsn = start_embedded_server(scratch / "pgdata")
+    contenders: list[Contender] = []
     try:
         machine = describe_machine(dsn)
-        results = []
+        ingested = []
         for key in args.only or CONTENDERS:
-            print(f"running {key}...", flush=True)
-            results.append(run_contender(CONTENDERS[key], dsn, data, args.warmup))
-            print(json.dumps(results[-1]), flush=True)
+            print(f"ingesting with {key}...", flush=True)
+            contenders.append(CONTENDERS[key](dsn, args.dimension))
+            ingested.append(ingest(contenders[-1], data))
+            print(json.dumps(ingested[-1]), flush=True)
+        print("querying...", flush=True)
+        queried = query_all(contenders, data, args.warmup, args.seed)
+        results = [{**a, **b} for a, b in zip(ingested, queried, strict=True)]
     finally:
+        for contender in contenders:
+            contender.close()
         if scratch is not None:
             import pgserver
 
