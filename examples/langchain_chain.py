@@ -2,8 +2,8 @@
 
 Mamba-3 semantic splitter -> Mamba-3 embeddings -> PGVector (PostgreSQL + pgvector) ->
 ContextualCompressionRetriever with the order-preserving compressor -> ChatMamba3,
-streamed. Offline, with the shipped default models and an embedded PostgreSQL unless
---dsn (or $MAMBA3_PG_DSN) is given.
+streamed, then the sources. Offline, with the shipped default models (or the folders given
+with --lm / --embedder) and an embedded PostgreSQL unless --dsn (or $MAMBA3_PG_DSN) is given.
 
     python examples/langchain_chain.py --question "How do I create a virtual environment?"
 """
@@ -11,13 +11,14 @@ streamed. Offline, with the shipped default models and an embedded PostgreSQL un
 from __future__ import annotations
 
 import argparse
+from operator import itemgetter
 from pathlib import Path
 
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnablePassthrough
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 
 from mamba3_integrations.langchain import (
     ChatMamba3,
@@ -45,9 +46,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--collection", default="langchain_example")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--lm", default=None, help="model folder (default: the shipped LM)")
+    parser.add_argument("--embedder", default=None,
+                        help="embedding model folder (default: the shipped embedder)")
     args = parser.parse_args(argv)
 
-    embeddings = Mamba3Embeddings()
+    embeddings = Mamba3Embeddings(model_path=args.embedder)
     splitter = Mamba3SemanticTextSplitter(embeddings=embeddings, max_tokens=256,
                                           add_start_index=True)
     paths = sorted(Path(args.docs).glob("*.md"))
@@ -62,14 +66,22 @@ def main(argv: list[str] | None = None) -> str:
     retriever = ContextualCompressionRetriever(
         base_compressor=OrderPreservingCompressor(token_budget=900),
         base_retriever=store.as_retriever(search_kwargs={"k": 8}))
-    chain = ({"context": retriever | format_docs, "question": RunnablePassthrough()}
-             | PROMPT | ChatMamba3(max_new_tokens=args.max_new_tokens) | StrOutputParser())
+    answer_chain = ({"context": itemgetter("docs") | RunnableLambda(format_docs),
+                     "question": itemgetter("question")}
+                    | PROMPT | ChatMamba3(model_path=args.lm, max_tokens=args.max_new_tokens)
+                    | StrOutputParser())
+    chain = RunnableParallel(question=RunnablePassthrough(), docs=retriever).assign(
+        answer=answer_chain)
     print(f"Q: {args.question}\nA: ", end="")
-    answer = ""
-    for delta in chain.stream(args.question):
-        answer += delta
-        print(delta, end="", flush=True)
-    print()
+    answer, sources = "", []
+    for part in chain.stream(args.question):
+        sources = part.get("docs", sources)
+        answer += part.get("answer", "")
+        print(part.get("answer", ""), end="", flush=True)
+    print("\nsources:")
+    for doc in sources:
+        print(f"  {doc.metadata['source']}  chars {doc.metadata['start_index']}-"
+              f"{doc.metadata['start_index'] + len(doc.page_content)}")
     return answer
 
 

@@ -2,7 +2,8 @@
 
 Semantic chunking -> Mamba-3 embeddings -> PostgreSQL + pgvector -> retrieval ->
 order-preserving context -> Mamba-3 hybrid LLM, streamed. Offline, with the shipped
-default models and an embedded PostgreSQL unless --dsn (or $MAMBA3_PG_DSN) is given.
+default models (or the folders given with --lm / --embedder) and an embedded PostgreSQL unless
+--dsn (or $MAMBA3_PG_DSN) is given.
 
     python examples/llama_index_pipeline.py --question "What does a GIN index support?"
 """
@@ -33,11 +34,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--table", default="llama_index_example")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--lm", default=None, help="model folder (default: the shipped LM)")
+    parser.add_argument("--embedder", default=None,
+                        help="embedding model folder (default: the shipped embedder)")
     args = parser.parse_args(argv)
 
-    Settings.llm = Mamba3LLM(max_new_tokens=args.max_new_tokens)
-    Settings.embed_model = Mamba3Embedding()
-    vector_store = PGVectorStore(table_name=args.table, embed_dim=384,
+    Settings.llm = Mamba3LLM(model_path=args.lm, max_new_tokens=args.max_new_tokens)
+    Settings.embed_model = Mamba3Embedding(model_path=args.embedder)
+    dimension = len(Settings.embed_model.get_query_embedding("dimension probe"))
+    vector_store = PGVectorStore(table_name=args.table, embed_dim=dimension,
                                  connection_string=args.dsn)
     vector_store.clear()
 
