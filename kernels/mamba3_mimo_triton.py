@@ -10,9 +10,12 @@ Final states are not differentiable (as in the official kernels); the initial st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 from torch import Tensor
+from triton.runtime.errors import OutOfResources
 
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
     mimo_epilogue,
@@ -27,6 +30,18 @@ from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import (
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 NORM_EPS = 1e-5
+
+
+def _launch(kernel: Callable[[int], None], rows: int) -> None:
+    """Launch with ``rows`` rows per chunk, halving them (to 16) while the tiles do not fit
+    the GPU's shared memory (large ``d_state``/``headdim``)."""
+    while True:
+        try:
+            return kernel(rows)
+        except OutOfResources:
+            if rows <= 16:
+                raise
+            rows //= 2
 
 
 def _precision(x: Tensor) -> str:
@@ -74,7 +89,6 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     n_angles = Angles.shape[3]
     nseq = _seq_count(batch, seqlen, cu)
     dev = V.device
-    ct, rp, bh = kernel_blocks(rank, d_state, rows)
     f32 = {"device": dev, "dtype": torch.float32}
     scalars = [t.contiguous() for t in (ADT, DT, Trap)]
     params = [t.contiguous() for t in (Q_bias, K_bias, MIMO_V)]
@@ -96,19 +110,22 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     else:
         fin_angle = fin_ssm = fin_k = dummy
     z = Z if Z is not None else V
-    grid = (nheads, nseq)
-    _mimo_fwd_kernel[grid](
-        Q, K, V, z, Angles, *scalars, *params, *opt,
-        start if start is not None else dummy, angle0, cu if cu is not None else dummy,
-        out, fin_angle, fin_ssm, fin_k,
-        seqlen, rank, nheads // ngroups, headdim, d_state // 2, n_angles, NORM_EPS,
-        *Q.stride(), *V.stride(), *z.stride(), *Angles.stride(), *so, nheads,
-        CT=ct, RP=rp, BH=bh, BP=max(16, triton.next_power_of_2(headdim)),
-        HAS_D=D is not None, HAS_Z=Z is not None,
-        HAS_NORM=Norm_Weight is not None, REDUCE_O=reduce_o, HAS_START=start is not None,
-        RETURN_STATE=return_state, IS_VARLEN=cu is not None, PRECISION=_precision(V),
-        num_warps=num_warps,
-    )
+
+    def kernel(chunk_rows: int) -> None:
+        ct, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
+        _mimo_fwd_kernel[(nheads, nseq)](
+            Q, K, V, z, Angles, *scalars, *params, *opt,
+            start if start is not None else dummy, angle0, cu if cu is not None else dummy,
+            out, fin_angle, fin_ssm, fin_k,
+            seqlen, rank, nheads // ngroups, headdim, d_state // 2, n_angles, NORM_EPS,
+            *Q.stride(), *V.stride(), *z.stride(), *Angles.stride(), *so, nheads,
+            CT=ct, RP=rp, BH=bh, BP=max(16, triton.next_power_of_2(headdim)),
+            HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None,
+            REDUCE_O=reduce_o, HAS_START=start is not None, RETURN_STATE=return_state,
+            IS_VARLEN=cu is not None, PRECISION=_precision(V), num_warps=num_warps,
+        )
+
+    _launch(kernel, rows)
     if not return_state:
         return out, None
     last = V[0, cu[1:].long() - 1] if cu is not None else V[:, -1]
@@ -153,7 +170,6 @@ def _scan_backward(dy: Tensor, rows: dict, has_start: bool, cu: Tensor | None,
     batch, seqlen, rank, nheads, d_state = q.shape
     headdim = v.shape[-1]
     nseq = start.shape[0]
-    ct, rp, _ = kernel_blocks(rank, d_state)
     bn = max(16, triton.next_power_of_2(d_state))
     bp = max(16, triton.next_power_of_2(headdim))
     dy = dy.float().contiguous()
@@ -162,14 +178,18 @@ def _scan_backward(dy: Tensor, rows: dict, has_start: bool, cu: Tensor | None,
     gl, dwp, dgp = (torch.empty(q.shape[:4], device=q.device) for _ in range(3))
     dstart = torch.empty_like(start)
     cu_arg = cu if cu is not None else start
-    common = dict(CT=ct, RP=rp, BN=bn, BP=bp, IS_VARLEN=cu is not None, PRECISION=precision,
-                  num_warps=8)
-    _mimo_bwd_dq_kernel[(nheads, nseq)](
-        q, k, v, dy, adt, w, gamma, start, cu_arg, dq, gl,
-        seqlen, rank, nheads, d_state, headdim, HAS_START=has_start, **common)
-    _mimo_bwd_dkv_kernel[(nheads, nseq)](
-        q, k, v, dy, adt, w, gamma, cu_arg, dk, dv, dwp, dgp, dstart,
-        seqlen, rank, nheads, d_state, headdim, **common)
+
+    def common(chunk_rows: int) -> dict:
+        ct, rp, _ = kernel_blocks(rank, d_state, chunk_rows)
+        return dict(CT=ct, RP=rp, BN=bn, BP=bp, IS_VARLEN=cu is not None,
+                    PRECISION=precision, num_warps=8)
+
+    _launch(lambda rows: _mimo_bwd_dq_kernel[(nheads, nseq)](
+        q, k, v, dy, adt, w, gamma, start, cu_arg, dq, gl, seqlen, rank, nheads, d_state,
+        headdim, HAS_START=has_start, **common(rows)), 64)
+    _launch(lambda rows: _mimo_bwd_dkv_kernel[(nheads, nseq)](
+        q, k, v, dy, adt, w, gamma, cu_arg, dk, dv, dwp, dgp, dstart, seqlen, rank, nheads,
+        d_state, headdim, **common(rows)), 64)
     dw = dwp.sum(2)
     d_later = gl.sum(2) - w * dw  # decay gradient per token, before the suffix sum
     return {"q": dq, "k": dk, "v": dv, "adt": _reverse_cumsum(d_later, seqlen, cu),

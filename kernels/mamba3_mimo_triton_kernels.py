@@ -67,22 +67,6 @@ def _chunk_weights(t, first, adt, w, gamma, valid):
 
 
 @triton.jit
-def _to_rows(x, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr):
-    """(CT, BH) per token -> (CT * RP, BH) per row (every rank of a token)."""
-    return tl.reshape(tl.broadcast_to(x[:, None, :], (CT, RP, BH)), (CT * RP, BH))
-
-
-@triton.jit
-def _rotated_rows(X, XB, x_at, x_stride, bias_at, n, half, mask, cos, sin, dtype):
-    """Low and high halves of ``rot(X + bias)`` per row, in the matmul ``dtype``."""
-    lo = tl.load(X + x_at + n[None, :] * x_stride, mask=mask, other=0.0).to(tl.float32)
-    hi = tl.load(X + x_at + (half + n[None, :]) * x_stride, mask=mask, other=0.0).to(tl.float32)
-    lo += tl.load(XB + bias_at, mask=mask, other=0.0)
-    hi += tl.load(XB + bias_at + half, mask=mask, other=0.0)
-    return ((lo * cos - hi * sin).to(dtype), (lo * sin + hi * cos).to(dtype))
-
-
-@triton.jit
 def _mimo_fwd_kernel(
     Q, K, V, Z, ANG, ADT, DT, TRAP, QB, KB, MV, MZ, MO, DSKIP, NW, START, ANGLE0, CU,
     OUT, FIN_ANGLE, FIN_SSM, FIN_K,
@@ -118,10 +102,20 @@ def _mimo_fwd_kernel(
     p_ok = p < headdim
     dtype = Q.dtype.element_ty
 
-    # Per-row offsets of the (H, R, .) parameters; they are re-read per chunk (from
-    # cache) rather than held in registers through the loop.
+    # Per-head constants, gathered per row.
     bias_at = h * rank * 2 * half + r[:, None] * 2 * half + n[None, :]
+    bias_mask = rank_ok[:, None] & n_ok[None, :]
+    qb_lo = tl.load(QB + bias_at, mask=bias_mask, other=0.0).to(tl.float32)
+    qb_hi = tl.load(QB + bias_at + half, mask=bias_mask, other=0.0).to(tl.float32)
+    kb_lo = tl.load(KB + bias_at, mask=bias_mask, other=0.0).to(tl.float32)
+    kb_hi = tl.load(KB + bias_at + half, mask=bias_mask, other=0.0).to(tl.float32)
     proj_at = h * rank * headdim + r[:, None] * headdim + p[None, :]
+    proj_mask = rank_ok[:, None] & p_ok[None, :]
+    mimo_v = tl.load(MV + proj_at, mask=proj_mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        mimo_z = tl.load(MZ + proj_at, mask=proj_mask, other=0.0).to(tl.float32)
+    if REDUCE_O:
+        mimo_o = tl.load(MO + proj_at, mask=proj_mask, other=0.0).to(tl.float32)
     if HAS_D:
         d_skip = tl.load(DSKIP + h).to(tl.float32)
     if HAS_NORM:
@@ -148,42 +142,44 @@ def _mimo_fwd_kernel(
         adt, dt, gamma, w = _row_scalars(ADT, DT, TRAP, scalar_base, tok, length, valid, 1)
         acum, total, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
 
-        # Angles: cumulative over the chunk's tokens, then one copy per rank.
-        tt = c * CT + tl.arange(0, CT)
-        dt_t = tl.load(DT + scalar_base + tt, mask=tt < length, other=0.0).to(tl.float32)
-        ang = tl.load(ANG + row_b * sa_b + (bos + tt[:, None]) * sa_l + h * sa_h
-                      + n[None, :] * sa_n, mask=(tt < length)[:, None] & angle_ok[None, :],
-                      other=0.0)
-        inc = _tanh(ang.to(tl.float32)) * dt_t[:, None] * PI
+        # Angles: cumulative per token (first-rank rows carry the increments).
+        ang = tl.load(ANG + row_b * sa_b + (bos + tok[:, None]) * sa_l + h * sa_h
+                      + n[None, :] * sa_n, mask=first[:, None] & angle_ok[None, :], other=0.0)
+        inc = _tanh(ang.to(tl.float32)) * dt[:, None] * PI
         theta = theta_run[None, :] + tl.cumsum(inc, 0)
         theta_run += tl.sum(inc, 0)
         theta_run = theta_run - TWO_PI * tl.floor(theta_run / TWO_PI)
-        cos = _to_rows(tl.cos(theta), CT, RP, BH)
-        sin = _to_rows(tl.sin(theta), CT, RP, BH)
+        cos = tl.cos(theta)
+        sin = tl.sin(theta)
 
         qk_mask = valid[:, None] & n_ok[None, :]
         qk_at = row_b * sq_b + (bos + tok[:, None]) * sq_l + r[:, None] * sq_r + g * sq_g
-        q_lo, q_hi = _rotated_rows(Q, QB, qk_at, sq_n, bias_at, n, half, qk_mask, cos, sin,
-                                   dtype)
-        k_lo, k_hi = _rotated_rows(K, KB, qk_at, sq_n, bias_at, n, half, qk_mask, cos, sin,
-                                   dtype)
-        scores = tl.dot(q_lo, tl.trans(k_lo), input_precision=PRECISION)
-        scores = tl.dot(q_hi, tl.trans(k_hi), scores, input_precision=PRECISION)
+        q_lo = tl.load(Q + qk_at + n[None, :] * sq_n, mask=qk_mask, other=0.0) + qb_lo
+        q_hi = tl.load(Q + qk_at + (half + n[None, :]) * sq_n, mask=qk_mask, other=0.0) + qb_hi
+        k_lo = tl.load(K + qk_at + n[None, :] * sq_n, mask=qk_mask, other=0.0) + kb_lo
+        k_hi = tl.load(K + qk_at + (half + n[None, :]) * sq_n, mask=qk_mask, other=0.0) + kb_hi
+        qr_lo = tl.where(qk_mask, q_lo * cos - q_hi * sin, 0.0).to(dtype)
+        qr_hi = tl.where(qk_mask, q_lo * sin + q_hi * cos, 0.0).to(dtype)
+        kr_lo = tl.where(qk_mask, k_lo * cos - k_hi * sin, 0.0)
+        kr_hi = tl.where(qk_mask, k_lo * sin + k_hi * cos, 0.0)
 
         v_mask = valid[:, None] & p_ok[None, :]
         v = tl.load(V + row_b * sv_b + (bos + tok[:, None]) * sv_l + h * sv_h + p[None, :] * sv_p,
-                    mask=v_mask, other=0.0).to(tl.float32)
-        v *= tl.load(MV + proj_at, mask=v_mask, other=0.0)
-        y = tl.dot((scores * weights).to(dtype), v.to(dtype), input_precision=PRECISION)
-        inter = tl.dot(q_lo, st_lo.to(dtype), input_precision=PRECISION)
-        inter = tl.dot(q_hi, st_hi.to(dtype), inter, input_precision=PRECISION)
+                    mask=v_mask, other=0.0).to(tl.float32) * mimo_v
+        v_op = v.to(dtype)
+
+        scores = tl.dot(qr_lo, tl.trans(kr_lo.to(dtype)), input_precision=PRECISION)
+        scores = tl.dot(qr_hi, tl.trans(kr_hi.to(dtype)), scores, input_precision=PRECISION)
+        y = tl.dot((scores * weights).to(dtype), v_op, input_precision=PRECISION)
+        inter = tl.dot(qr_lo, st_lo.to(dtype), input_precision=PRECISION)
+        inter = tl.dot(qr_hi, st_hi.to(dtype), inter, input_precision=PRECISION)
         y += tl.exp(acum)[:, None] * inter
 
-        v_to_end = (v * tl.where(valid, tl.exp(total - acum) * w, 0.0)[:, None]).to(dtype)
-        st_lo = st_lo * tl.exp(total) + tl.dot(tl.trans(k_lo), v_to_end,
-                                               input_precision=PRECISION)
-        st_hi = st_hi * tl.exp(total) + tl.dot(tl.trans(k_hi), v_to_end,
-                                               input_precision=PRECISION)
+        to_end = tl.where(valid, tl.exp(total - acum) * w, 0.0)
+        st_lo = st_lo * tl.exp(total) + tl.dot(tl.trans((kr_lo * to_end[:, None]).to(dtype)),
+                                               v_op, input_precision=PRECISION)
+        st_hi = st_hi * tl.exp(total) + tl.dot(tl.trans((kr_hi * to_end[:, None]).to(dtype)),
+                                               v_op, input_precision=PRECISION)
 
         if HAS_D:
             y += d_skip * v
@@ -191,12 +187,11 @@ def _mimo_fwd_kernel(
             y = y * tl.rsqrt(tl.sum(y * y, 1) / headdim + eps)[:, None] * norm_w[None, :]
         if HAS_Z:
             zr = tl.load(Z + row_b * sz_b + (bos + tok[:, None]) * sz_l + h * sz_h
-                         + p[None, :] * sz_p, mask=v_mask, other=0.0).to(tl.float32)
-            zr *= tl.load(MZ + proj_at, mask=v_mask, other=0.0)
+                         + p[None, :] * sz_p, mask=v_mask, other=0.0).to(tl.float32) * mimo_z
             y = y * zr * tl.sigmoid(zr)
         if REDUCE_O:
-            y *= tl.load(MO + proj_at, mask=v_mask, other=0.0)
-            o = tl.sum(tl.reshape(y, (CT, RP, BP)), 1)
+            o = tl.sum(tl.reshape(y * mimo_o, (CT, RP, BP)), 1)
+            tt = c * CT + tl.arange(0, CT)
             tl.store(OUT + row_b * so_b + (bos + tt[:, None]) * so_l + h * so_h
                      + p[None, :] * so_p, o.to(OUT.dtype.element_ty),
                      mask=(tt < length)[:, None] & p_ok[None, :])
@@ -206,8 +201,8 @@ def _mimo_fwd_kernel(
         if RETURN_STATE:  # the last token's k
             last = qk_mask & (tok == length - 1)[:, None]
             k_at = ((pid_seq * rank + r[:, None]) * nheads + h) * 2 * half + n[None, :]
-            tl.store(FIN_K + k_at, k_lo.to(FIN_K.dtype.element_ty), mask=last)
-            tl.store(FIN_K + k_at + half, k_hi.to(FIN_K.dtype.element_ty), mask=last)
+            tl.store(FIN_K + k_at, kr_lo.to(FIN_K.dtype.element_ty), mask=last)
+            tl.store(FIN_K + k_at + half, kr_hi.to(FIN_K.dtype.element_ty), mask=last)
 
     if RETURN_STATE:
         tl.store(FIN_SSM + state_at, st_lo, mask=state_mask)

@@ -125,7 +125,7 @@ def mamba3_mimo_step_triton(
     Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
     state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
     MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
-    num_warps: int = 4,
+    num_warps: int = 8,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments and results as ``mamba3_mimo_step``."""
     batch, rank, ngroups, d_state = Q.shape
