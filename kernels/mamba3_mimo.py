@@ -11,13 +11,17 @@ from torch import Tensor
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
     mamba3_mimo_scan_reference,
     mamba3_mimo_step_reference,
+    sequence_args,
+    sequence_segments,
 )
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 
-def _use_triton(x: Tensor) -> bool:
-    """Triton for CUDA tensors of 16/32-bit floats; float64 always runs the reference."""
-    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+def _use_triton(x: Tensor, d_state: int) -> bool:
+    """Triton for CUDA tensors of 16/32-bit floats and an even d_state; float64 always
+    runs the reference."""
+    return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and d_state % 2 == 0)
 
 
 def _check_scan_shapes(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, Q_bias: Tensor,
@@ -55,14 +59,10 @@ def _select(state: Mamba3State | None, i: int) -> Mamba3State | None:
 def _scan_reference_varlen(args: dict, cu_seqlens: Tensor, initial_state: Mamba3State | None,
                            return_final_state: bool, chunk_size: int):
     """Packed sequences (batch 1) on the reference: one call per sequence."""
-    seq_axis = {"Q": 1, "K": 1, "V": 1, "Z": 1, "Angles": 1, "ADT": 2, "DT": 2, "Trap": 2}
-    bounds = cu_seqlens.tolist()
     outs, finals = [], []
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        part = {k: (v.narrow(seq_axis[k], lo, hi - lo) if k in seq_axis and v is not None else v)
-                for k, v in args.items()}
+    for i, (lo, hi) in enumerate(sequence_segments(args["V"].shape[1], cu_seqlens)):
         result = mamba3_mimo_scan_reference(
-            **part, initial_state=_select(initial_state, i),
+            **sequence_args(args, lo, hi), initial_state=_select(initial_state, i),
             return_final_state=return_final_state, chunk_size=chunk_size)
         out, final = result if return_final_state else (result, None)
         outs.append(out)
@@ -110,7 +110,7 @@ def mamba3_mimo_scan(
     args = dict(Q=Q, K=K, V=V, ADT=ADT, DT=DT, Trap=Trap, Q_bias=Q_bias, K_bias=K_bias,
                 Angles=Angles, MIMO_V=MIMO_V, MIMO_O=MIMO_O, D=D, Z=Z, MIMO_Z=MIMO_Z,
                 Norm_Weight=Norm_Weight)
-    if _use_triton(V):
+    if _use_triton(V, Q.shape[-1]):
         from mamba3_integrations.kernels.mamba3_mimo_triton import mamba3_mimo_scan_triton
 
         return mamba3_mimo_scan_triton(**args, initial_state=initial_state,
@@ -136,7 +136,7 @@ def mamba3_mimo_step(
     K_bias: Tensor,
     Angles: Tensor,
     MIMO_V: Tensor,
-    MIMO_O: Tensor,
+    MIMO_O: Tensor | None,
     state: Mamba3State,
     D: Tensor | None = None,
     Z: Tensor | None = None,
@@ -150,7 +150,7 @@ def mamba3_mimo_step(
     args = dict(Q=Q, K=K, V=V, ADT=ADT, DT=DT, Trap=Trap, Q_bias=Q_bias, K_bias=K_bias,
                 Angles=Angles, MIMO_V=MIMO_V, MIMO_O=MIMO_O, D=D, Z=Z, MIMO_Z=MIMO_Z,
                 Norm_Weight=Norm_Weight)
-    if _use_triton(V):
+    if _use_triton(V, Q.shape[-1]) and MIMO_O is not None:
         from mamba3_integrations.kernels.mamba3_mimo_triton_step import mamba3_mimo_step_triton
 
         return mamba3_mimo_step_triton(**args, state=state, inplace=inplace)

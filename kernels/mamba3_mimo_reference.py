@@ -29,7 +29,6 @@ from torch import Tensor
 from mamba3_integrations.kernels.mamba3_siso_reference import (
     TWO_PI,
     Mamba3State,
-    angle_increments,
     compute_dtype,
     expand_groups,
     final_ssm_state,
@@ -37,6 +36,23 @@ from mamba3_integrations.kernels.mamba3_siso_reference import (
     trapezoid_weights,
     wrap_angle,
 )
+
+# The token axis of each scan argument that has one.
+SEQ_AXIS = {"Q": 1, "K": 1, "V": 1, "Z": 1, "Angles": 1, "ADT": 2, "DT": 2, "Trap": 2}
+
+
+def sequence_segments(seqlen: int, cu_seqlens: Tensor | None) -> list[tuple[int, int]]:
+    """Token ranges ``[lo, hi)`` of the packed sequences (one range without packing)."""
+    if cu_seqlens is None:
+        return [(0, seqlen)]
+    bounds = cu_seqlens.tolist()
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def sequence_args(args: dict, lo: int, hi: int) -> dict:
+    """Scan arguments cut to the tokens ``[lo, hi)``."""
+    return {k: v.narrow(SEQ_AXIS[k], lo, hi - lo) if k in SEQ_AXIS and v is not None else v
+            for k, v in args.items()}
 
 
 def rotate_half_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -248,8 +264,8 @@ def mamba3_mimo_step_reference(
     nheads = V.shape[1]
     angle, ssm, k_prev, v_prev = state
     cdt = compute_dtype(V)
-    theta = wrap_angle(angle + angle_increments(Angles, DT).to(angle.dtype))
-    cos, sin = theta.cos().to(cdt), theta.sin().to(cdt)
+    theta = wrap_angle(angle + mimo_angle_increments(Angles, DT).to(angle.dtype))
+    cos, sin = theta.to(cdt).cos(), theta.to(cdt).sin()
     q = biased_rotated(Q, Q_bias, nheads, cos, sin, cdt)
     k = biased_rotated(K, K_bias, nheads, cos, sin, cdt)
     v = rank_values(V, MIMO_V, cdt)

@@ -20,6 +20,8 @@ from triton.runtime.errors import OutOfResources
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
     mimo_epilogue,
     mimo_inputs,
+    sequence_args,
+    sequence_segments,
 )
 from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import (
     _mimo_bwd_dkv_kernel,
@@ -132,23 +134,14 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     return out, (fin_angle, fin_ssm, fin_k, last.contiguous())
 
 
-def _segments(seqlen: int, cu: Tensor | None) -> list[tuple[int, int]]:
-    return [(0, seqlen)] if cu is None else list(zip(cu[:-1].tolist(), cu[1:].tolist(),
-                                                     strict=True))
-
-
 def _prepare(args: dict, initial_state: Mamba3State | None, cu: Tensor | None):
     """``mimo_inputs`` per sequence (differentiable), concatenated along the tokens."""
-    seqlen = args["V"].shape[1]
-    seq_axis = {"Q": 1, "K": 1, "V": 1, "Angles": 1, "ADT": 2, "DT": 2, "Trap": 2}
     parts = []
-    for i, (lo, hi) in enumerate(_segments(seqlen, cu)):
-        part = {k: (v.narrow(seq_axis[k], lo, hi - lo) if k in seq_axis else v)
-                for k, v in args.items()}
+    for i, (lo, hi) in enumerate(sequence_segments(args["V"].shape[1], cu)):
         state = initial_state
         if cu is not None and state is not None:
             state = tuple(s[i : i + 1] for s in state)
-        parts.append(mimo_inputs(**part, initial_state=state))
+        parts.append(mimo_inputs(**sequence_args(args, lo, hi), initial_state=state))
     cat = {name: torch.cat([getattr(x, name) for x in parts], dim=1)
            for name in ("q", "k", "v", "adt", "w", "gamma")}
     cat["start"] = torch.cat([x.start for x in parts], dim=0)
@@ -157,7 +150,7 @@ def _prepare(args: dict, initial_state: Mamba3State | None, cu: Tensor | None):
 
 def _reverse_cumsum(x: Tensor, seqlen: int, cu: Tensor | None) -> Tensor:
     """Suffix sums along the token axis (1), restarting at every sequence boundary."""
-    pieces = [x[:, lo:hi].flip(1).cumsum(1).flip(1) for lo, hi in _segments(seqlen, cu)]
+    pieces = [x[:, lo:hi].flip(1).cumsum(1).flip(1) for lo, hi in sequence_segments(seqlen, cu)]
     return torch.cat(pieces, dim=1)
 
 
@@ -242,7 +235,8 @@ class _MimoScan(torch.autograd.Function):
                                    _precision(saved[2]))
             grads["v"] = grads["v"] + post_grads[id(v_rows)]
             outputs = [(rows[n], grads[n]) for n in grads if rows[n].requires_grad]
-            inputs = [x for x in leaves if x is not None and x.requires_grad]
+            inputs = [x for x in [args[k] for k in PRE_NAMES] + list(state or ())
+                      if x is not None and x.requires_grad]
             pre_grads = dict(zip(map(id, inputs), torch.autograd.grad(
                 [o for o, _ in outputs], inputs, [g.to(o.dtype) for o, g in outputs],
                 allow_unused=True), strict=True)) if outputs and inputs else {}

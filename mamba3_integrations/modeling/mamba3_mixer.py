@@ -143,7 +143,7 @@ class Mamba3Mixer(nn.Module):
         return self.out_proj(y.to(x_dtype))
 
     def _mimo_args(self, p: dict[str, Tensor]) -> dict[str, Tensor | None]:
-        """Keyword arguments of the MIMO scan and step that do not depend on the layout."""
+        """The MIMO scan and step arguments that forward and step share."""
         norm = self.norm.weight.view(self.nheads, self.headdim) if self.is_outproj_norm else None
         return dict(Q=p["C"], K=p["B"], V=p["x"], Q_bias=self.C_bias, K_bias=self.B_bias,
                     Angles=p["angles"], MIMO_V=self.mimo_x, MIMO_O=self.mimo_o, D=self.D,
