@@ -53,7 +53,7 @@ class PGVector(VectorStore):
         config = CollectionConfig(
             collection_name, embedding_length, distance_strategy, index, text_search_config
         )
-        options = ConnectionOptions(connection, data_dir, pool_size)
+        options = ConnectionOptions(dsn=connection, data_dir=data_dir, pool_size=pool_size)
         self._core = PgVectorCore(config, options)
         self._async_core = AsyncPgVectorCore(config, options)
 

@@ -104,7 +104,9 @@ class PGVectorStore(BasePydanticVectorStore):
             self.index,
             self.text_search_config,
         )
-        options = ConnectionOptions(self.connection_string, self.data_dir, self.pool_size)
+        options = ConnectionOptions(
+            dsn=self.connection_string, data_dir=self.data_dir, pool_size=self.pool_size
+        )
         self._core = PgVectorCore(config, options)
         self._async_core = AsyncPgVectorCore(config, options)
 

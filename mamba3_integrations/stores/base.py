@@ -19,6 +19,7 @@ from mamba3_integrations.stores import operations, schema
 from mamba3_integrations.stores.connection import ConnectionOptions
 from mamba3_integrations.stores.filters import DocumentIdIn, Filter, IdIn, all_of
 from mamba3_integrations.stores.hybrid import reciprocal_rank_fusion
+from mamba3_integrations.stores.indexes import VectorIndex
 from mamba3_integrations.stores.mmr import maximal_marginal_relevance
 from mamba3_integrations.stores.operations import TextMatch
 from mamba3_integrations.stores.plans import Plan
@@ -77,6 +78,8 @@ class CoreBase:
             raise InputError(f"Expected a CollectionConfig, got {type(config).__name__}.")
         if bulk_load_min_rows < 0:
             raise InputError("bulk_load_min_rows must be 0 (disabled) or positive.")
+        if index_build_memory_mb < 1:
+            raise InputError("index_build_memory_mb must be positive.")
         self.config = config
         self.options = options or ConnectionOptions()
         self.bulk_load_min_rows = bulk_load_min_rows
@@ -110,7 +113,8 @@ class CoreBase:
             lambda: operations.upsert_batch(config, payload),
         )
 
-    def _index_build(self, index: Any) -> Call[None]:
+    def _index_build(self, index: VectorIndex | None) -> Call[None]:
+        """The index (re)build; switches the collection to ``index`` when one is given."""
         if index is not None:
             self.config = replace(self.config, index=index)
         config, memory = self.config, self.index_build_memory_mb
