@@ -35,24 +35,51 @@ def mamba3_config(chunk_size: int = 64) -> Mamba3Config:
     """48 layers at d_model 2048: 44 Mamba-3 (64 heads of 64, d_state 128), two global and
     two sliding-window (4096) GQA attention layers; no MLP (official Mamba LM layout)."""
     return Mamba3Config(
-        d_model=2048, d_intermediate=0, n_layer=48, vocab_size=VOCAB,
-        ssm_cfg={"layer": "Mamba3", "d_state": 128, "headdim": 64, "expand": 2,
-                 "chunk_size": chunk_size},
-        attn_layer_idx=[11, 23, 35, 47], attn_window={11: WINDOW, 35: WINDOW},
-        attn_cfg={"num_heads": 16, "num_heads_kv": 4, "head_dim": 128,
-                  "rotary_emb_dim": 128, "causal": True, "qkv_proj_bias": False,
-                  "out_proj_bias": False},
-        rms_norm=True, residual_in_fp32=True, fused_add_norm=False, tie_embeddings=True,
+        d_model=2048,
+        d_intermediate=0,
+        n_layer=48,
+        vocab_size=VOCAB,
+        ssm_cfg={
+            "layer": "Mamba3",
+            "d_state": 128,
+            "headdim": 64,
+            "expand": 2,
+            "chunk_size": chunk_size,
+        },
+        attn_layer_idx=[11, 23, 35, 47],
+        attn_window={11: WINDOW, 35: WINDOW},
+        attn_cfg={
+            "num_heads": 16,
+            "num_heads_kv": 4,
+            "head_dim": 128,
+            "rotary_emb_dim": 128,
+            "causal": True,
+            "qkv_proj_bias": False,
+            "out_proj_bias": False,
+        },
+        rms_norm=True,
+        residual_in_fp32=True,
+        fused_add_norm=False,
+        tie_embeddings=True,
     )
 
 
 def llama_model(max_len: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=26,
-                      num_attention_heads=16, num_key_value_heads=4, head_dim=128,
-                      vocab_size=VOCAB, max_position_embeddings=max_len, rope_theta=500000.0,
-                      tie_word_embeddings=True, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=26,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=max_len,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     return model.eval()
@@ -91,7 +118,7 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
     ids = torch.randint(0, VOCAB, (1, context), device="cuda")
 
     def prefill():
-        cache = model.allocate_cache(1, capacity=context + n_decode + 8)
+        cache = model.allocate_cache(1, capacity=context + 4 * n_decode + 16)
         logits = model(ids, cache=cache, num_last_tokens=1).logits
         return cache, logits
 
@@ -99,8 +126,11 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
-    row = {"prefill_s": seconds, "prefill_tok_s": context / seconds,
-           "prefill_peak_gib": gib(torch.cuda.max_memory_allocated())}
+    row = {
+        "prefill_s": seconds,
+        "prefill_tok_s": context / seconds,
+        "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
+    }
 
     decoder = CudaGraphDecoder(model, cache)
     token = logits[:, -1].argmax(-1)
@@ -111,15 +141,22 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
     seconds, _ = timed(lambda: [decoder.step(token) for _ in range(n_decode)], 3)
     cache_bytes = cache.nbytes()
     # Bound: every weight, the Mamba-3 states (read and written) and the attention caches.
-    read = (param_bytes(model) + 2 * cache_bytes["mamba3"] + cache_bytes["sliding_window"]
-            + cache_bytes["kv"])
-    row.update({
-        "decode_tok_s": n_decode / seconds, "decode_ms": seconds / n_decode * 1e3,
-        "decode_bound_ms": read / bandwidth * 1e3,
-        "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
-        "decode_mem_growth_bytes": torch.cuda.memory_allocated() - before,
-        "cache_gib": {k: gib(v) for k, v in cache_bytes.items()},
-    })
+    read = (
+        param_bytes(model)
+        + 2 * cache_bytes["mamba3"]
+        + cache_bytes["sliding_window"]
+        + cache_bytes["kv"]
+    )
+    row.update(
+        {
+            "decode_tok_s": n_decode / seconds,
+            "decode_ms": seconds / n_decode * 1e3,
+            "decode_bound_ms": read / bandwidth * 1e3,
+            "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
+            "decode_mem_growth_bytes": torch.cuda.memory_allocated() - before,
+            "cache_gib": {k: gib(v) for k, v in cache_bytes.items()},
+        }
+    )
     decoder.close()
     return row
 
@@ -136,8 +173,11 @@ def run_llama(model, context: int, n_decode: int, bandwidth: float) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
-    row = {"prefill_s": seconds, "prefill_tok_s": context / seconds,
-           "prefill_peak_gib": gib(torch.cuda.max_memory_allocated())}
+    row = {
+        "prefill_s": seconds,
+        "prefill_tok_s": context / seconds,
+        "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
+    }
     del cache
     torch.cuda.empty_cache()
     cache, logits = prefill()
@@ -152,12 +192,15 @@ def run_llama(model, context: int, n_decode: int, bandwidth: float) -> dict:
 
     seconds, _ = timed(decode, 1)
     kv_bytes = 2 * model.config.num_hidden_layers * (context + n_decode) * 4 * 128 * 2
-    row.update({
-        "decode_tok_s": n_decode / seconds, "decode_ms": seconds / n_decode * 1e3,
-        "decode_bound_ms": (param_bytes(model) + kv_bytes) / bandwidth * 1e3,
-        "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
-        "cache_gib": {"kv": gib(kv_bytes)},
-    })
+    row.update(
+        {
+            "decode_tok_s": n_decode / seconds,
+            "decode_ms": seconds / n_decode * 1e3,
+            "decode_bound_ms": (param_bytes(model) + kv_bytes) / bandwidth * 1e3,
+            "decode_peak_gib": gib(torch.cuda.max_memory_allocated()),
+            "cache_gib": {"kv": gib(kv_bytes)},
+        }
+    )
     return row
 
 
@@ -181,12 +224,11 @@ def plot(result: dict, path: Path) -> None:
         ctx = [c for c, _ in rows]
         axes[0].plot(ctx, [r["prefill_tok_s"] for _, r in rows], "o-", label=name)
         axes[1].plot(ctx, [r["decode_tok_s"] for _, r in rows], "o-", label=name)
-        axes[1].plot(ctx, [1e3 / r["decode_bound_ms"] for _, r in rows], "x--",
-                     label=f"{name} bound")
-        axes[2].plot(ctx, [r["prefill_peak_gib"] for _, r in rows], "o-",
-                     label=f"{name} prefill")
-        axes[2].plot(ctx, [r["decode_peak_gib"] for _, r in rows], "s--",
-                     label=f"{name} decode")
+        axes[1].plot(
+            ctx, [1e3 / r["decode_bound_ms"] for _, r in rows], "x--", label=f"{name} bound"
+        )
+        axes[2].plot(ctx, [r["prefill_peak_gib"] for _, r in rows], "o-", label=f"{name} prefill")
+        axes[2].plot(ctx, [r["decode_peak_gib"] for _, r in rows], "s--", label=f"{name} decode")
     titles = ("prefill tokens/s", "decode tokens/s (batch 1)", "peak memory GiB")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log", base=2)
@@ -199,8 +241,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--contexts", type=int, nargs="+",
-                        default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 65536, 131072])
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--llama-decode-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -214,6 +255,7 @@ def main() -> None:
         chunk = best["chunk"]
         siso.CHUNK_WARPS[chunk] = best["warps"]
         siso.TUNING["chunks_per_program"] = best["cpp"]
+        siso.TUNING["split_rope"] = best["split"]
         siso.STEP_WARPS = best["step_warps"]
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
@@ -221,14 +263,22 @@ def main() -> None:
     mamba = Mamba3LMHeadModel(mamba3_config(chunk), device="cuda", dtype=torch.bfloat16)
     mamba.init_weights()
     mamba.eval()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "chunk_size": chunk,
-              "triton": triton.__version__, "date": datetime.date.today().isoformat(),
-              "copy_bandwidth_TBps": bandwidth / 1e12,
-              "mamba3_params": sum(p.numel() for p in mamba.parameters()),
-              "mamba3": {}, "llama": {}}
-    print(f"{result['device']}, torch {torch.__version__}, copy {bandwidth / 1e12:.2f} TB/s; "
-          f"Mamba-3 hybrid {result['mamba3_params'] / 1e9:.2f} B params", flush=True)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "chunk_size": chunk,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+        "copy_bandwidth_TBps": bandwidth / 1e12,
+        "mamba3_params": sum(p.numel() for p in mamba.parameters()),
+        "mamba3": {},
+        "llama": {},
+    }
+    print(
+        f"{result['device']}, torch {torch.__version__}, copy {bandwidth / 1e12:.2f} TB/s; "
+        f"Mamba-3 hybrid {result['mamba3_params'] / 1e9:.2f} B params",
+        flush=True,
+    )
     for context in args.contexts:
         row = guarded(run_mamba3, mamba, context, args.decode_tokens, bandwidth)
         result["mamba3"][context] = row
@@ -246,17 +296,21 @@ def main() -> None:
             (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "e2e.png")
-    print("\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "
-          "decode bound tok/s | decode peak GiB |")
+    print(
+        "\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "
+        "decode bound tok/s | decode peak GiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in ("mamba3", "llama"):
         for context, r in result[name].items():
             if "oom" in r:
                 print(f"| {name} | {context} | OOM | | | | |")
                 continue
-            print(f"| {name} | {context} | {r['prefill_tok_s']:.0f} | {r['prefill_peak_gib']} "
-                  f"| {r['decode_tok_s']:.1f} | {1e3 / r['decode_bound_ms']:.1f} | "
-                  f"{r['decode_peak_gib']} |")
+            print(
+                f"| {name} | {context} | {r['prefill_tok_s']:.0f} | {r['prefill_peak_gib']} "
+                f"| {r['decode_tok_s']:.1f} | {1e3 / r['decode_bound_ms']:.1f} | "
+                f"{r['decode_peak_gib']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -49,10 +49,14 @@ def prefill_inputs(batch: int, seqlen: int, seed: int = 0) -> dict:
 
     dt = torch.nn.functional.softplus(rand(batch, H, seqlen, dtype=torch.float32) - 3)
     return {
-        "Q": rand(batch, seqlen, G, N), "K": rand(batch, seqlen, G, N),
-        "V": rand(batch, seqlen, H, P), "Z": rand(batch, seqlen, H, P),
-        "ADT": -dt * torch.rand(batch, H, seqlen, generator=g, device="cuda"), "DT": dt,
-        "Trap": rand(batch, H, seqlen), "Q_bias": rand(H, N, dtype=torch.float32),
+        "Q": rand(batch, seqlen, G, N),
+        "K": rand(batch, seqlen, G, N),
+        "V": rand(batch, seqlen, H, P),
+        "Z": rand(batch, seqlen, H, P),
+        "ADT": -dt * torch.rand(batch, H, seqlen, generator=g, device="cuda"),
+        "DT": dt,
+        "Trap": rand(batch, H, seqlen),
+        "Q_bias": rand(H, N, dtype=torch.float32),
         "K_bias": rand(H, N, dtype=torch.float32),
         "Angles": rand(batch, seqlen, H, A, dtype=torch.float32),
         "D": rand(H, dtype=torch.float32),
@@ -75,37 +79,63 @@ def kernel_breakdown(fn) -> dict[str, float]:
 
 
 def bench_prefill(shapes, variants) -> list[dict]:
-    """All ``variants`` (chunk, warps, chunks per program) on the first shape, the two
-    fastest of them on the others. Each shape is checked against the reference once."""
+    """All ``variants`` (chunk, warps, chunks per program, split rotation) on the first
+    shape, the two fastest of them on the others; each checked against the reference."""
     rows = []
     for n_shape, (batch, seqlen) in enumerate(shapes):
         x = prefill_inputs(batch, seqlen)
         n = min(seqlen, 4096)
-        part = {k: (v[:1, :n] if k in ("Q", "K", "V", "Z", "Angles") else
-                    v[:1, :, :n] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
+        part = {
+            k: (
+                v[:1, :n]
+                if k in ("Q", "K", "V", "Z", "Angles")
+                else v[:1, :, :n]
+                if k in ("ADT", "DT", "Trap")
+                else v
+            )
+            for k, v in x.items()
+        }
         ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
         if n_shape == 1:
             ranked = sorted(rows, key=lambda r: r["ms"])
-            variants = [(r["chunk"], r["warps"], r["cpp"]) for r in ranked[:2]]
-        for chunk, warps, cpp in variants:
+            variants = [(r["chunk"], r["warps"], r["cpp"], r["split"]) for r in ranked[:2]]
+        for chunk, warps, cpp, split in variants:
             siso.CHUNK_WARPS[chunk] = warps
             siso.TUNING["chunks_per_program"] = cpp
+            siso.TUNING["split_rope"] = split
             try:
                 got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
             except Exception as exc:  # e.g. a tile configuration out of shared memory
-                print(f"variant chunk={chunk} warps={warps} cpp={cpp} failed: {exc!r:.200}")
+                print(f"variant {chunk, warps, cpp, split} failed: {exc!r:.300}")
                 continue
             err = ((got.float() - ref).norm() / ref.norm()).item()
             fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
             ms = median_ms(fn)
             official = OFFICIAL_PREFILL_MS[(batch, seqlen)]
-            rows.append({"batch": batch, "seqlen": seqlen, "chunk": chunk, "warps": warps,
-                         "cpp": cpp, "ms": ms, "official_ms": official,
-                         "speedup": official / ms, "Mtok_per_s": batch * seqlen / ms / 1e3,
-                         "rel_err_vs_ref": err, "kernels_ms": kernel_breakdown(fn)})
-            print(f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
-                  f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
-                  f"err {err:.1e}", flush=True)
+            rows.append(
+                {
+                    "batch": batch,
+                    "seqlen": seqlen,
+                    "chunk": chunk,
+                    "warps": warps,
+                    "cpp": cpp,
+                    "split": split,
+                    "ms": ms,
+                    "official_ms": official,
+                    "speedup": official / ms,
+                    "Mtok_per_s": batch * seqlen / ms / 1e3,
+                    "rel_err_vs_ref": err,
+                    "kernels_ms": kernel_breakdown(fn),
+                }
+            )
+            print(
+                f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
+                f"split={split:d} "
+                f"split={split:d} "
+                f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
+                f"err {err:.1e}",
+                flush=True,
+            )
         del x
         torch.cuda.empty_cache()
     return rows
@@ -118,13 +148,25 @@ def step_inputs(batch: int, state_dtype: torch.dtype, seed: int = 0):
         return torch.randn(*shape, generator=g, device="cuda").to(dtype)
 
     dt = torch.nn.functional.softplus(rand(batch, H, dtype=torch.float32) - 3)
-    x = {"Q": rand(batch, G, N), "K": rand(batch, G, N), "V": rand(batch, H, P),
-         "Z": rand(batch, H, P), "ADT": -dt * 0.5, "DT": dt, "Trap": rand(batch, H),
-         "Q_bias": rand(H, N, dtype=torch.float32), "K_bias": rand(H, N, dtype=torch.float32),
-         "Angles": rand(batch, 1, A, dtype=torch.float32).expand(batch, H, A),
-         "D": rand(H, dtype=torch.float32)}
-    state = (rand(batch, H, A, dtype=torch.float32), rand(batch, H, P, N, dtype=state_dtype),
-             rand(batch, H, N), rand(batch, H, P))
+    x = {
+        "Q": rand(batch, G, N),
+        "K": rand(batch, G, N),
+        "V": rand(batch, H, P),
+        "Z": rand(batch, H, P),
+        "ADT": -dt * 0.5,
+        "DT": dt,
+        "Trap": rand(batch, H),
+        "Q_bias": rand(H, N, dtype=torch.float32),
+        "K_bias": rand(H, N, dtype=torch.float32),
+        "Angles": rand(batch, 1, A, dtype=torch.float32).expand(batch, H, A),
+        "D": rand(H, dtype=torch.float32),
+    }
+    state = (
+        rand(batch, H, A, dtype=torch.float32),
+        rand(batch, H, P, N, dtype=state_dtype),
+        rand(batch, H, N),
+        rand(batch, H, P),
+    )
     return x, state
 
 
@@ -156,14 +198,24 @@ def bench_decode(batches, bandwidth: float, warps=(4, 8), steps_per_graph: int =
             graph_us = median_ms(graph.replay) * 1e3 / steps_per_graph
             bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
             name = "fp32" if state_dtype == torch.float32 else "bf16"
-            rows.append({"batch": batch, "state": name, "warps": num_warps, "graph_us": graph_us,
-                         "eager_us": eager_us, "bound_us": bound_us,
-                         "graph_over_bound": graph_us / bound_us,
-                         "official_us": OFFICIAL_DECODE_US[batch]})
-            print(f"decode B={batch:<3} state={name} warps={num_warps}  graph {graph_us:7.2f} us"
-                  f"  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
-                  f"(x{graph_us / bound_us:4.2f})  official {OFFICIAL_DECODE_US[batch]} us",
-                  flush=True)
+            rows.append(
+                {
+                    "batch": batch,
+                    "state": name,
+                    "warps": num_warps,
+                    "graph_us": graph_us,
+                    "eager_us": eager_us,
+                    "bound_us": bound_us,
+                    "graph_over_bound": graph_us / bound_us,
+                    "official_us": OFFICIAL_DECODE_US[batch],
+                }
+            )
+            print(
+                f"decode B={batch:<3} state={name} warps={num_warps}  graph {graph_us:7.2f} us"
+                f"  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
+                f"(x{graph_us / bound_us:4.2f})  official {OFFICIAL_DECODE_US[batch]} us",
+                flush=True,
+            )
     return rows
 
 
@@ -180,9 +232,14 @@ def bf16_state_error(batch: int = 8, steps: int = 2000) -> dict:
         y16, _ = siso.mamba3_step_triton(**x, state=s16, inplace=True)
         errs.append(((y16.float() - y32.float()).norm() / y32.float().norm()).item())
     state_err = ((s16[1].float() - s32[1]).norm() / s32[1].norm()).item()
-    return {"steps": steps, "batch": batch, "y_rel_err_mean": sum(errs) / len(errs),
-            "y_rel_err_max": max(errs), "y_rel_err_last": errs[-1],
-            "state_rel_err_last": state_err}
+    return {
+        "steps": steps,
+        "batch": batch,
+        "y_rel_err_mean": sum(errs) / len(errs),
+        "y_rel_err_max": max(errs),
+        "y_rel_err_last": errs[-1],
+        "state_rel_err_last": state_err,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -199,8 +256,12 @@ def plot(result: dict, path: Path) -> None:
             best[key] = r
     labels = [f"B={b} L={s}" for b, s in best]
     xs = range(len(best))
-    ax1.bar([i - 0.2 for i in xs], [r["official_ms"] for r in best.values()], 0.4,
-            label="official Triton (published)")
+    ax1.bar(
+        [i - 0.2 for i in xs],
+        [r["official_ms"] for r in best.values()],
+        0.4,
+        label="official Triton (published)",
+    )
     ax1.bar([i + 0.2 for i in xs], [r["ms"] for r in best.values()], 0.4, label="ours")
     ax1.set_xticks(list(xs), labels)
     ax1.set_ylabel("ms")
@@ -233,16 +294,23 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bandwidth = copy_bandwidth()
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
-          f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    print(
+        f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+        f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s",
+        flush=True,
+    )
     shapes = [(1, 16384), (1, 65536), (8, 4096)]
-    variants = [(64, 4, 4)] if args.quick else [(64, 4, 4), (64, 8, 4), (128, 8, 4)]
+    variants = [(64, 4, 4, True)]
+    if not args.quick:
+        variants += [(128, 8, 4, True), (128, 8, 4, False), (64, 8, 4, True)]
     result = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "triton": triton.__version__, "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12,
         "prefill": bench_prefill(shapes, variants),
-        "decode": bench_decode([1, 128], bandwidth),
+        "decode": bench_decode([1, 128], bandwidth, warps=(4,)),
         "bf16_state": bf16_state_error(),
     }
     print(json.dumps(result["bf16_state"]))
@@ -251,8 +319,13 @@ def main() -> None:
     for r in result["decode"]:
         key = (r["batch"], r["state"])
         step[key] = min(step.get(key, (1e9, 0)), (r["graph_us"], r["warps"]))
-    result["best"] = {"chunk": fastest["chunk"], "warps": fastest["warps"],
-                      "cpp": fastest["cpp"], "step_warps": step[(128, "fp32")][1]}
+    result["best"] = {
+        "chunk": fastest["chunk"],
+        "warps": fastest["warps"],
+        "cpp": fastest["cpp"],
+        "split": fastest["split"],
+        "step_warps": step[(128, "fp32")][1],
+    }
     (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "siso_kernels.png")
     print("\n| shape | ms (best) | official ms | speed-up |")
@@ -263,14 +336,18 @@ def main() -> None:
         if key not in best or r["ms"] < best[key]["ms"]:
             best[key] = r
     for (b, s), r in best.items():
-        print(f"| B={b} L={s} (chunk {r['chunk']}, {r['warps']} warps, {r['cpp']} per program) "
-              f"| {r['ms']:.3f} | "
-              f"{r['official_ms']} | {r['speedup']:.2f} |")
+        print(
+            f"| B={b} L={s} (chunk {r['chunk']}, {r['warps']} warps, {r['cpp']} per program) "
+            f"| {r['ms']:.3f} | "
+            f"{r['official_ms']} | {r['speedup']:.2f} |"
+        )
     print("\n| decode | warps | graph us | eager us | bound us | official us |")
     print("|---|---|---|---|---|---|")
     for r in result["decode"]:
-        print(f"| B={r['batch']} {r['state']} | {r['warps']} | {r['graph_us']:.2f} | "
-              f"{r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['official_us']} |")
+        print(
+            f"| B={r['batch']} {r['state']} | {r['warps']} | {r['graph_us']:.2f} | "
+            f"{r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['official_us']} |"
+        )
     print("best:", json.dumps(result["best"]))
 
 

@@ -17,11 +17,13 @@ from torch import Tensor
 from mamba3_integrations.kernels import mamba3_siso_triton_bwd as bwd
 from mamba3_integrations.kernels import mamba3_siso_triton_fwd as fwd
 from mamba3_integrations.kernels import mamba3_siso_triton_step as step
-from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
+from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State, rotate_adjacent_pairs
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
-TUNING = {"chunks_per_program": 4, "stages": 2}  # forward chunk kernels
+# Forward chunk kernels: chunks per program, pipelining stages, and whether the rotation
+# pass computes angles only for the rotated pairs (else for all N/2 pairs).
+TUNING = {"chunks_per_program": 4, "stages": 2, "split_rope": True}
 STEP_WARPS = 4  # num_warps of the decode step
 
 
@@ -83,8 +85,6 @@ def _interleave(x: Tensor) -> Tensor:
 
 def _rotate(x: Tensor, theta: Tensor) -> Tensor:
     """Rotate pairs (2i, 2i+1) of x (..., N) by theta (..., A), float32."""
-    from mamba3_integrations.kernels.mamba3_siso_reference import rotate_adjacent_pairs
-
     return rotate_adjacent_pairs(x.float(), theta.cos(), theta.sin())
 
 
@@ -150,10 +150,13 @@ def scan_forward(
     meta = {"C": chunk_size, "NH": NH, "CPP": cpp, "IS_VARLEN": varlen,
             "num_warps": CHUNK_WARPS[chunk_size], "num_stages": TUNING["stages"]}
     bounds = (seqlen, lay.nchunks, lay.chunks_per_seq, nheads)
+    rot = max(2, triton.next_power_of_2(n_angles)) if TUNING["split_rope"] else NH
+    rest = triton.next_power_of_2(d_state // 2 - rot) if d_state // 2 > rot else 0
     fwd._rotate_kernel[grid](
         Q, *Q.stride(), K, *K.stride(), DT, *DT.stride(), Q_bias, K_bias, *K_bias.stride(),
         Angles, *Angles.stride(), q_rot, k_rot, chunk_ang, lay.chunks, *bounds,
-        nheads // ngroups, d_state // 2, n_angles, FAST=V.is_cuda and not ieee, **meta)
+        nheads // ngroups, d_state // 2, n_angles, FAST=V.is_cuda and not ieee, AB=rot,
+        RB=rest, **meta)
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[grid](
         k_rot, V, *V.stride(), *gates, states, atot, lay.chunks, *bounds, d_state // 2, headdim,

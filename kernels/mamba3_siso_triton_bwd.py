@@ -58,7 +58,7 @@ def _chunk_dstate_kernel(
                             NH, True)
     q_e, q_o = _load_rotated(Q + row64 * s_qb + (h // heads_per_group) * s_qg, s_qt, s_qn,
                              QB + h * s_bh, s_bn, tl.cos(theta), tl.sin(theta), offs_t, mask_t,
-                             n_half, NH)
+                             n_half, NH, 0)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     dy = tl.load(DY + row64 * s_yb + h * s_yh + offs_t[:, None] * s_yt + offs_p[None, :] * s_yp,
@@ -154,9 +154,9 @@ def _chunk_scan_bwd_kernel(
     cos = tl.cos(theta)
     sin = tl.sin(theta)
     q_e, q_o = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
-                             cos, sin, offs_t, mask_t, n_half, NH)
+                             cos, sin, offs_t, mask_t, n_half, NH, 0)
     k_e, k_o = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
-                             cos, sin, offs_t, mask_t, n_half, NH)
+                             cos, sin, offs_t, mask_t, n_half, NH, 0)
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     mask_tp = mask_t[:, None] & mask_p[None, :]

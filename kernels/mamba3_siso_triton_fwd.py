@@ -121,10 +121,11 @@ def _chunk_theta(ANG, s_at, s_aa, DT, s_dt, OFFSET, offs_t, mask_t, n_angles,
 
 @triton.jit
 def _load_rotated(X, s_t, s_n, BIAS, s_bn, cos, sin, offs_t, mask_t, n_half,
-                  NH: tl.constexpr):
-    """Load x + bias for the tokens ``offs_t`` as even/odd halves (T, NH), rotated by the
-    angles whose cos, sin (T, NH) are given; float32, rows outside ``mask_t`` are zero."""
-    offs_i = tl.arange(0, NH)
+                  NH: tl.constexpr, I0: tl.constexpr):
+    """Load x + bias for the tokens ``offs_t`` as even/odd halves (T, NH) of the pairs
+    ``[I0, I0 + NH)``, rotated by the angles whose cos, sin (T, NH) are given; float32,
+    rows outside ``mask_t`` are zero."""
+    offs_i = I0 + tl.arange(0, NH)
     mask_i = offs_i < n_half
     m = mask_t[:, None] & mask_i[None, :]
     ptr = X + offs_t[:, None] * s_t + (2 * offs_i)[None, :] * s_n
@@ -138,6 +139,12 @@ def _load_rotated(X, s_t, s_n, BIAS, s_bn, cos, sin, offs_t, mask_t, n_half,
 
 
 @triton.jit
+def _store_pairs(X, ptr, m, x_e, x_o, n_half):
+    tl.store(X + ptr, x_e.to(X.dtype.element_ty), mask=m)
+    tl.store(X + ptr + n_half, x_o.to(X.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _rotate_kernel(
     Q, s_qb, s_qt, s_qg, s_qn,
     K, s_kb, s_kt, s_kg, s_kn,
@@ -148,13 +155,13 @@ def _rotate_kernel(
     seqlen, nchunks, chunks_per_seq, nheads, heads_per_group, n_half, n_angles,
     C: tl.constexpr, NH: tl.constexpr, CPP: tl.constexpr,
     IS_VARLEN: tl.constexpr, FAST: tl.constexpr,
+    AB: tl.constexpr, RB: tl.constexpr,
 ):
     """q', k' of CPP consecutive chunks of one head, in their chunks' local rotary frames;
-    grid (chunks / CPP, H)."""
+    grid (chunks / CPP, H). Angles are computed for the first AB pairs only (AB >= A);
+    with RB > 0 the pairs ``[AB, AB + RB)`` are copied without rotation (AB = NH: none)."""
     h = tl.program_id(1)
     grp = h // heads_per_group
-    offs_i = tl.arange(0, NH)
-    m_i = offs_i < n_half
     for j in range(CPP):
         pid_c = tl.minimum(tl.program_id(0) * CPP + j, nchunks - 1)
         row, start, end, seq_end = _chunk_bounds(pid_c, CHUNKS, seqlen, chunks_per_seq, C,
@@ -164,20 +171,30 @@ def _rotate_kernel(
         row64 = row.to(tl.int64)
         theta, ang_sum = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
                                       DT + row64 * s_db + h * s_dh, s_dt, ANG, offs_t, mask_t,
-                                      n_angles, NH, False)
+                                      n_angles, AB, False)
         cos, sin = _cos_sin(theta, FAST)
-        q_e, q_o = _load_rotated(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh,
-                                 s_bn, cos, sin, offs_t, mask_t, n_half, NH)
-        k_e, k_o = _load_rotated(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh,
-                                 s_bn, cos, sin, offs_t, mask_t, n_half, NH)
-        ptr = (((row64 * nheads + h) * seqlen + offs_t) * (2 * n_half))[:, None] + offs_i[None, :]
-        m = mask_t[:, None] & m_i[None, :]
-        tl.store(QR + ptr, q_e.to(QR.dtype.element_ty), mask=m)
-        tl.store(QR + ptr + n_half, q_o.to(QR.dtype.element_ty), mask=m)
-        tl.store(KR + ptr, k_e.to(KR.dtype.element_ty), mask=m)
-        tl.store(KR + ptr + n_half, k_o.to(KR.dtype.element_ty), mask=m)
-        tl.store(CHUNK_ANG + (pid_c * nheads + h) * n_angles + offs_i, ang_sum,
-                 mask=offs_i < n_angles)
+        q_ptr = Q + row64 * s_qb + grp * s_qg
+        k_ptr = K + row64 * s_kb + grp * s_kg
+        row_ptr = (((row64 * nheads + h) * seqlen + offs_t) * (2 * n_half))[:, None]
+        offs_a = tl.arange(0, AB)
+        m = mask_t[:, None] & (offs_a < n_half)[None, :]
+        q_e, q_o = _load_rotated(q_ptr, s_qt, s_qn, QB + h * s_bh, s_bn, cos, sin, offs_t,
+                                 mask_t, n_half, AB, 0)
+        _store_pairs(QR, row_ptr + offs_a[None, :], m, q_e, q_o, n_half)
+        k_e, k_o = _load_rotated(k_ptr, s_kt, s_kn, KB + h * s_bh, s_bn, cos, sin, offs_t,
+                                 mask_t, n_half, AB, 0)
+        _store_pairs(KR, row_ptr + offs_a[None, :], m, k_e, k_o, n_half)
+        if RB > 0:
+            offs_r = AB + tl.arange(0, RB)
+            m = mask_t[:, None] & (offs_r < n_half)[None, :]
+            q_e, q_o = _load_rotated(q_ptr, s_qt, s_qn, QB + h * s_bh, s_bn, 1.0, 0.0, offs_t,
+                                     mask_t, n_half, RB, AB)
+            _store_pairs(QR, row_ptr + offs_r[None, :], m, q_e, q_o, n_half)
+            k_e, k_o = _load_rotated(k_ptr, s_kt, s_kn, KB + h * s_bh, s_bn, 1.0, 0.0, offs_t,
+                                     mask_t, n_half, RB, AB)
+            _store_pairs(KR, row_ptr + offs_r[None, :], m, k_e, k_o, n_half)
+        tl.store(CHUNK_ANG + (pid_c * nheads + h) * n_angles + offs_a, ang_sum,
+                 mask=offs_a < n_angles)
 
 
 @triton.jit
