@@ -2,8 +2,7 @@
 
 ``PgVectorCore`` (sync) and ``AsyncPgVectorCore`` (asyncio) hold one collection described by a
 ``CollectionConfig``; the LlamaIndex and LangChain vector stores are thin faces over them.
-Names are imported lazily so that, for example, the filter tree can be used without psycopg's
-pool being imported.
+Names are imported lazily: importing one does not import the others.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ _EXPORTS = {
     "Or": "filters",
     "Not": "filters",
     "Condition": "filters",
+    "IdIn": "filters",
+    "DocumentIdIn": "filters",
     "Op": "filters",
     "parse_filter_dict": "dict_filters",
     "reciprocal_rank_fusion": "hybrid",

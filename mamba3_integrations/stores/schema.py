@@ -42,6 +42,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 MAX_INDEXED_DIMENSION = 2000
 """pgvector indexes ``vector`` columns of at most 2,000 dimensions."""
 
+_REGISTRY = sql.Identifier(REGISTRY_TABLE)
 _REGISTRY_LOCK = 0x6D616D62613301
 """Advisory lock key serialising collection DDL across processes."""
 
@@ -50,13 +51,14 @@ _REGISTRY_LOCK = 0x6D616D62613301
 class CollectionConfig:
     """What a collection is: table name, vector size, distance, ANN index, text-search config.
 
+    ``distance`` accepts a :class:`Distance` or its name (stored as a :class:`Distance`).
     ``index=None`` means exact (sequential) search. ``text_search_config`` is a PostgreSQL text
     search configuration such as ``"english"`` or ``"simple"`` (no stemming, any language).
     """
 
     name: str
     dimension: int
-    distance: Distance = Distance.COSINE
+    distance: Distance | str = Distance.COSINE
     index: VectorIndex | None = field(default_factory=HnswIndex)
     text_search_config: str = "english"
 
@@ -114,7 +116,7 @@ class CollectionConfig:
 
 def ensure_collection(config: CollectionConfig) -> Plan[None]:
     """Create the extension, registry, table and indexes as needed; fail on any mismatch."""
-    yield Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
+    yield _lock_registry()
     yield Execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS vector"))
     yield Execute(
         sql.SQL(
@@ -126,13 +128,13 @@ def ensure_collection(config: CollectionConfig) -> Plan[None]:
                 index jsonb NOT NULL,
                 schema_version integer NOT NULL,
                 created_at timestamptz NOT NULL DEFAULT now())"""
-        ).format(registry=sql.Identifier(REGISTRY_TABLE))
+        ).format(registry=_REGISTRY)
     )
     registered = yield Execute(
         sql.SQL(
             "SELECT dimension, distance, text_search_config, index, schema_version "
             "FROM {registry} WHERE name = %(name)s"
-        ).format(registry=sql.Identifier(REGISTRY_TABLE)),
+        ).format(registry=_REGISTRY),
         {"name": config.name},
     )
     columns = yield Execute(
@@ -168,7 +170,7 @@ def ensure_collection(config: CollectionConfig) -> Plan[None]:
                 "INSERT INTO {registry} (name, dimension, distance, text_search_config, index, "
                 "schema_version) VALUES (%(name)s, %(dimension)s, %(distance)s, "
                 "%(text_search_config)s, %(index)s, %(version)s)"
-            ).format(registry=sql.Identifier(REGISTRY_TABLE)),
+            ).format(registry=_REGISTRY),
             {
                 **entry,
                 "index": Jsonb(entry["index"]),
@@ -179,13 +181,14 @@ def ensure_collection(config: CollectionConfig) -> Plan[None]:
 
 
 def drop_collection(config: CollectionConfig) -> Plan[None]:
-    """Drop the table and forget the collection in the registry."""
-    yield Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
+    """Drop the table and forget the collection in the registry (nothing to do if absent)."""
+    yield _lock_registry()
     yield Execute(sql.SQL("DROP TABLE IF EXISTS {}").format(config.table))
+    registry = yield Execute(sql.SQL("SELECT to_regclass(%(name)s)"), {"name": REGISTRY_TABLE})
+    if registry.rows[0][0] is None:
+        return
     yield Execute(
-        sql.SQL("DELETE FROM {registry} WHERE name = %(name)s").format(
-            registry=sql.Identifier(REGISTRY_TABLE)
-        ),
+        sql.SQL("DELETE FROM {registry} WHERE name = %(name)s").format(registry=_REGISTRY),
         {"name": config.name},
     )
 
@@ -216,13 +219,13 @@ def drop_vector_index(config: CollectionConfig) -> sql.Composed:
 
 def remove_vector_index(config: CollectionConfig) -> Plan[None]:
     """Drop the ANN index, to rebuild it in one pass after a bulk load."""
-    yield Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
+    yield _lock_registry()
     yield Execute(drop_vector_index(config))
 
 
 def build_vector_index(config: CollectionConfig, max_memory_mb: int) -> Plan[None]:
     """(Re)create the ANN index, with ``maintenance_work_mem`` sized for it, and record it."""
-    yield Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
+    yield _lock_registry()
     rows = yield Execute(sql.SQL("SELECT count(*) FROM {}").format(config.table))
     memory_mb = build_memory_mb(config.index, config.dimension, rows.rows[0][0], max_memory_mb)
     yield Execute(
@@ -234,10 +237,14 @@ def build_vector_index(config: CollectionConfig, max_memory_mb: int) -> Plan[Non
         yield Execute(create_vector_index(config))
     yield Execute(
         sql.SQL("UPDATE {registry} SET index = %(index)s WHERE name = %(name)s").format(
-            registry=sql.Identifier(REGISTRY_TABLE)
+            registry=_REGISTRY
         ),
         {"index": Jsonb(describe_index(config.index)), "name": config.name},
     )
+
+
+def _lock_registry() -> Execute:
+    return Execute(sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"), {"key": _REGISTRY_LOCK})
 
 
 def _create_table(config: CollectionConfig) -> sql.Composed:

@@ -199,3 +199,17 @@ def test_index_build_memory_follows_the_graph_size():
     assert build_memory_mb(HnswIndex(), 384, 10_000_000, 1024) == 1024
     assert build_memory_mb(IvfflatIndex(lists=1000), 1536, 10**6, 4096) > 300
     assert build_memory_mb(None, 8, 10, 1024) == 64
+
+
+def test_drop_on_a_database_without_any_collection_is_a_no_op(postgres):
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS untouched")
+        conn.execute("CREATE DATABASE untouched")
+    options = postgres.options(dsn=make_conninfo(postgres.dsn, dbname="untouched"))
+    core = PgVectorCore(CollectionConfig("never_opened", 4), options)
+    core.drop()
+    core.close()
+    with psycopg.connect(options.dsn) as conn:
+        assert conn.execute("SELECT to_regclass('mamba3_collections')").fetchone()[0] is None
