@@ -255,7 +255,7 @@ def main() -> None:
         chunk = best["chunk"]
         siso.CHUNK_WARPS[chunk] = best["warps"]
         siso.TUNING["chunks_per_program"] = best["cpp"]
-        siso.TUNING["split_rope"] = best["split"]
+        siso.TUNING["split_rope"] = best.get("split", False)
         siso.STEP_WARPS = best["step_warps"]
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
