@@ -62,3 +62,17 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch):
+    """LlamaIndex's global ``Settings`` restored after every test, every attribute included
+    (also what LlamaIndex builds lazily, such as the default transformations): examples and
+    framework tests set them."""
+    try:
+        from llama_index.core import Settings
+    except ImportError:
+        return None
+    for name, value in vars(Settings).items():
+        monkeypatch.setattr(Settings, name, value)
+    return Settings

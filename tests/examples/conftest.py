@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.llama_index.conftest import isolated_settings  # noqa: F401  (fixtures, used by name)
 from tests.stores.conftest import postgres  # noqa: F401
 
 # Every model here is a local folder; never ask a hub.
