@@ -65,7 +65,7 @@ def name() -> str:
     return f"ex_{uuid.uuid4().hex[:12]}"
 
 
-def test_llama_index_pipeline(postgres, docs_dir, our_model_args, isolated_settings, capsys):
+def test_llama_index_pipeline(postgres, docs_dir, our_model_args, capsys):
     table = name()
     answer, out = run(EXAMPLES / "llama_index_pipeline.py",
                       ["--docs", str(docs_dir), "--dsn", postgres.dsn, "--table", table,
