@@ -7,6 +7,8 @@ import hashlib
 import json
 import lzma
 import math
+import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +188,70 @@ def unique_state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.
         keep_fp32 = tensor.dim() < 2 or key.endswith(("B_bias", "C_bias"))
         state[key] = tensor.detach().float() if keep_fp32 else tensor.detach().to(dtype)
     return state
+
+
+def check_scan_backend(device: torch.device, config, log) -> str:
+    """Use the Triton scan on CUDA when it runs and matches the reference on a mixer of
+    the model's shape (forward and gradients); otherwise force the PyTorch reference."""
+    if device.type != "cuda":
+        return "reference (CPU)"
+    from mamba3_integrations.kernels import mamba3_siso
+    from mamba3_integrations.modeling import Mamba3Mixer
+
+    if mamba3_siso._triton is None:
+        os.environ["MAMBA3_DISABLE_TRITON"] = "1"
+        return "reference (Triton not importable)"
+    torch.manual_seed(0)
+    mixer = Mamba3Mixer(config.d_model, **config.mixer_kwargs(), device=device)
+    u = torch.randn(2, 300, config.d_model, device=device)
+    results = []
+    try:
+        for disable in ("1", "0"):
+            os.environ["MAMBA3_DISABLE_TRITON"] = disable
+            mixer.zero_grad()
+            x = u.clone().requires_grad_(True)
+            out = mixer(x)
+            out.square().mean().backward()
+            grads = [x.grad] + [p.grad for p in mixer.parameters()]
+            results.append([out.detach()] + [g.detach() for g in grads])
+    except Exception as exc:  # a kernel that does not compile or run here
+        os.environ["MAMBA3_DISABLE_TRITON"] = "1"
+        log(f"Triton scan failed: {type(exc).__name__}: {str(exc)[:300]}")
+        return "reference (Triton failed)"
+    errors = [float((b - a).norm() / a.norm().clamp_min(1e-12))
+              for a, b in zip(*results, strict=True)]
+    log(f"Triton vs reference scan on a mixer: max relative error {max(errors):.2e}")
+    if max(errors) < 2e-2:
+        os.environ["MAMBA3_DISABLE_TRITON"] = "0"
+        return "triton"
+    os.environ["MAMBA3_DISABLE_TRITON"] = "1"
+    return f"reference (Triton differed by {max(errors):.2e})"
+
+
+def recover(exc: BaseException, log) -> str:
+    """After a failed training step: 'smaller' when out of memory (the caller shrinks its
+    batch), 'retry' after switching a failing GPU path to its PyTorch fallback
+    (FlexAttention -> SDPA, Triton scan -> reference), else 'stop'."""
+    log(f"step failed: {type(exc).__name__}: {str(exc)[:300]}")
+    if isinstance(exc, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return "smaller"
+    where = "".join(traceback.format_exception(exc)).lower()
+    from mamba3_integrations.kernels import attention
+
+    if "flex" in where and attention._flex_supported is not _no_flex:
+        attention._flex_supported = _no_flex
+        log("attention falls back to SDPA with explicit masks")
+        return "retry"
+    if "triton" in where and os.environ.get("MAMBA3_DISABLE_TRITON") != "1":
+        os.environ["MAMBA3_DISABLE_TRITON"] = "1"
+        log("the Mamba-3 scan falls back to the PyTorch reference")
+        return "retry"
+    return "stop"
+
+
+def _no_flex(q: torch.Tensor) -> bool:
+    return False
 
 
 def cosine_lr(progress: float, peak: float, warmup: float, floor: float = 0.1) -> float:

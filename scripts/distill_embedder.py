@@ -40,8 +40,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import teacher as teacher_lib  # noqa: E402
 from corpus_io import (  # noqa: E402
+    check_scan_backend,
     cosine_lr,
     read_jsonl,
+    recover,
     save_shards,
     sections,
     subset,
@@ -134,8 +136,10 @@ class PairData:
         return rng.sample(window, min(n, len(window)))
 
 
-def left_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+def left_pad(rows: list[list[int]], device, multiple: int = 32
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and mask, the width rounded up to ``multiple`` (fewer shapes)."""
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -153,7 +157,7 @@ def student_embed(model, rows: list[list[int]], device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def student_encode(model, rows: list[list[int]], device, batch_tokens: int = 65536,
+def student_encode(model, rows: list[list[int]], device, batch_tokens: int = 32768,
                    autocast=None) -> torch.Tensor:
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = torch.empty(len(rows), model.config.d_model, device=device)
@@ -191,11 +195,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=8.5, help="whole-run budget")
     parser.add_argument("--reserve", type=float, default=30, help="seconds kept for the end")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--embedding-lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--embedding-lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=float, default=0.05)
-    parser.add_argument("--batch-tokens", type=int, default=49152)
-    parser.add_argument("--max-batch", type=int, default=384)
+    parser.add_argument("--batch-tokens", type=int, default=16384,
+                        help="document tokens per batch, at most")
+    parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--mix", default="dict:0.45,section:0.3,long:0.25")
     parser.add_argument("--w-score", type=float, default=1.0)
     parser.add_argument("--w-contrast", type=float, default=0.3)
@@ -204,6 +209,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model, for a CPU smoke test")
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--limit-records", type=int, default=0)
+    parser.add_argument("--memory-fraction", type=float, default=0.0,
+                        help="cap this process's share of GPU memory (0: no cap)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
@@ -213,6 +220,8 @@ def main() -> None:
         print(f"[embed {time.time() - start:6.1f}s] {msg}", flush=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and args.memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -244,6 +253,8 @@ def main() -> None:
         model.backbone.embedding.weight[:len(vocab_map)] = rows.float()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"student: {n_params / 1e6:.2f}M parameters; {json.dumps(config.to_dict())}")
+    backend = check_scan_backend(device, config, log)
+    log(f"Mamba-3 scan: {backend}")
     emb = model.backbone.embedding.weight
     others = [p for p in model.parameters() if p is not emb]
     optimizer = torch.optim.AdamW(
@@ -306,42 +317,61 @@ def main() -> None:
         model.train()
         return out
 
+    def robust_step(lr: float) -> dict:
+        while True:
+            try:
+                return train_step(lr)
+            except Exception as exc:
+                optimizer.zero_grad(set_to_none=True)
+                action = recover(exc, log)
+                if action == "smaller" and args.batch_tokens > 1024:
+                    args.batch_tokens //= 2
+                    for d in data.values():
+                        d.batch_tokens = args.batch_tokens
+                    log(f"batch tokens now {args.batch_tokens}")
+                elif action != "retry":
+                    raise
+
     model.train()
     train_start = time.time()
     budget = max(1.0, deadline - args.reserve - train_start)
     step, next_eval, best, curve = 0, train_start + args.eval_every, (-1.0, None, 0), []
     sums: dict[str, list] = {}
     pairs_seen = 0
-    while True:
-        progress = (time.time() - train_start) / budget
-        if progress >= 1 or (args.max_steps and step >= args.max_steps):
-            break
-        out = train_step(cosine_lr(progress, args.lr, args.warmup))
-        step += 1
-        kind = out.pop("kind")
-        pairs_seen += out.pop("pairs")
-        for k, v in out.items():
-            sums.setdefault(f"{kind}_{k}", []).append(v)
-        if time.time() >= next_eval or step == args.max_steps:
-            scores = dev_score()
-            point = {"step": step, "seconds": round(time.time() - train_start, 1),
-                     **{k: round(float(torch.stack(v).mean()), 4) for k, v in sums.items()},
-                     **{f"dev_ndcg_{k}": round(v, 4) for k, v in scores.items()}}
-            curve.append(point)
-            log(json.dumps(point))
-            sums = {}
-            mean = float(np.mean(list(scores.values()))) if scores else 0.0
-            if mean > best[0]:
-                best = (mean, {k: v.detach().cpu().clone()
-                               for k, v in model.state_dict().items()}, step)
-            next_eval = time.time() + args.eval_every
+    try:
+        while True:
+            progress = (time.time() - train_start) / budget
+            if progress >= 1 or (args.max_steps and step >= args.max_steps):
+                break
+            out = robust_step(cosine_lr(progress, args.lr, args.warmup))
+            step += 1
+            kind = out.pop("kind")
+            pairs_seen += out.pop("pairs")
+            for k, v in out.items():
+                sums.setdefault(f"{kind}_{k}", []).append(v)
+            if time.time() >= next_eval or step == args.max_steps:
+                scores = dev_score()
+                point = {"step": step, "pairs": pairs_seen,
+                         "seconds": round(time.time() - train_start, 1),
+                         **{k: round(float(torch.stack(v).mean()), 4) for k, v in sums.items()},
+                         **{f"dev_ndcg_{k}": round(v, 4) for k, v in scores.items()}}
+                curve.append(point)
+                log(json.dumps(point))
+                sums = {}
+                mean = float(np.mean(list(scores.values()))) if scores else 0.0
+                if mean > best[0]:
+                    best = (mean, {k: v.detach().cpu().clone()
+                                   for k, v in model.state_dict().items()}, step)
+                next_eval = time.time() + args.eval_every
+    except Exception as exc:  # keep what was learnt: save the best checkpoint so far
+        log(f"training stopped early: {type(exc).__name__}: {str(exc)[:300]}")
     train_seconds = time.time() - train_start
     if best[1] is not None:
         model.load_state_dict(best[1])
     log(f"{step} steps, {pairs_seen:,} pairs in {train_seconds:.0f}s; best dev nDCG at step "
         f"{best[2]}")
     metrics = {
-        "parameters": n_params, "steps": step, "pairs_seen": pairs_seen,
+        "parameters": n_params, "scan_backend": backend, "steps": step, "pairs_seen": pairs_seen,
         "train_seconds": round(train_seconds, 1),
         "best_step": best[2], "pairs": {k: len(v) for k, v in data.items()},
         "teacher_dev_ndcg": teacher_dev, "curve": curve,

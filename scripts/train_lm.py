@@ -29,9 +29,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus_io import (  # noqa: E402
+    check_scan_backend,
     cosine_lr,
     load_shards,
     read_jsonl,
+    recover,
     save_shards,
     token_streams,
     unique_state,
@@ -62,39 +64,6 @@ def model_config(vocab_size: int, ctx: int, tiny: bool) -> Mamba3Config:
         fused_add_norm=False, context_length=ctx)
 
 
-def check_scan_backend(device: torch.device, log) -> str:
-    """Use the Triton scan on CUDA when it matches the reference on a real mixer
-    (forward and gradients); otherwise force the PyTorch reference."""
-    if device.type != "cuda":
-        return "reference (CPU)"
-    from mamba3_integrations.kernels import mamba3_siso
-    from mamba3_integrations.modeling import Mamba3Mixer
-
-    if mamba3_siso._triton is None:
-        os.environ["MAMBA3_DISABLE_TRITON"] = "1"
-        return "reference (Triton not importable)"
-    torch.manual_seed(0)
-    mixer = Mamba3Mixer(512, d_state=64, headdim=64, device=device)
-    u = torch.randn(2, 300, 512, device=device)
-    results = []
-    for disable in ("1", "0"):
-        os.environ["MAMBA3_DISABLE_TRITON"] = disable
-        mixer.zero_grad()
-        x = u.clone().requires_grad_(True)
-        out = mixer(x)
-        out.square().mean().backward()
-        grads = [x.grad] + [p.grad for p in mixer.parameters()]
-        results.append([out.detach()] + [g.detach() for g in grads])
-    errors = [float((b - a).norm() / a.norm().clamp_min(1e-12))
-              for a, b in zip(*results, strict=True)]
-    log(f"Triton vs reference scan on a mixer: max relative error {max(errors):.2e}")
-    if max(errors) < 2e-2:
-        os.environ["MAMBA3_DISABLE_TRITON"] = "0"
-        return "triton"
-    os.environ["MAMBA3_DISABLE_TRITON"] = "1"
-    return f"reference (Triton differed by {max(errors):.2e})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path(".data/device"))
@@ -102,7 +71,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.5, help="whole-run budget")
     parser.add_argument("--reserve", type=float, default=50, help="seconds kept for the end")
     parser.add_argument("--ctx", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32, help="windows per optimizer step")
+    parser.add_argument("--micro-batch", type=int, default=16, help="windows per forward")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=float, default=0.05, help="fraction of the run")
     parser.add_argument("--weight-decay", type=float, default=0.1)
@@ -113,6 +83,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model, for a CPU smoke test")
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--limit-records", type=int, default=0)
+    parser.add_argument("--memory-fraction", type=float, default=0.0,
+                        help="cap this process's share of GPU memory (0: no cap)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
@@ -122,7 +94,10 @@ def main() -> None:
         print(f"[lm {time.time() - start:6.1f}s] {msg}", flush=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and args.memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
     torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     from transformers import AutoTokenizer
 
@@ -146,7 +121,7 @@ def main() -> None:
         log(f"initialised from {args.init}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters; {json.dumps(config.to_dict())}")
-    backend = check_scan_backend(device, log)
+    backend = check_scan_backend(device, config, log)
     log(f"Mamba-3 scan: {backend}")
 
     decay = [p for n, p in model.named_parameters()
@@ -159,14 +134,16 @@ def main() -> None:
         lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
     amp = torch.autocast(device.type, dtype=torch.bfloat16)
     ctx, batch = args.ctx, args.batch
-    n_docs = round(args.p_docs * batch)
+    micro = min(args.micro_batch, batch)
     arange = torch.arange(ctx + 1, device=device)
 
-    def sample() -> torch.Tensor:
+    def sample(n: int) -> torch.Tensor:
+        """n windows of ctx + 1 tokens, a share p_docs of them from documentation."""
+        n_docs = int(np.random.binomial(n, args.p_docs))
         rows = []
-        for kind, n in (("docs", n_docs), ("dict", batch - n_docs)):
+        for kind, k in (("docs", n_docs), ("dict", n - n_docs)):
             stream = train[kind]
-            offsets = torch.randint(0, len(stream) - ctx - 1, (n,), device=device)
+            offsets = torch.randint(0, len(stream) - ctx - 1, (k,), device=device)
             rows.append(stream[offsets[:, None] + arange])
         return torch.cat(rows).long()
 
@@ -176,62 +153,73 @@ def main() -> None:
     def validation_loss() -> dict[str, float]:
         return {k: perplexity(model, v, ctx, 8, amp)["loss"] for k, v in valid.items()}
 
-    def train_step(ids: torch.Tensor, lr: float) -> float:
+    def train_step(lr: float) -> torch.Tensor:
+        """One optimizer step over ``batch`` windows, in micro-batches of ``micro``."""
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with amp:
-            logits = model(ids[:, :-1]).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
-        loss.backward()
+        total = torch.zeros((), device=device)
+        for _ in range(batch // micro):
+            ids = sample(micro)
+            with amp:
+                logits = model(ids[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+            (loss * micro / batch).backward()
+            total += loss.detach() * micro / batch
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss
+        return total
+
+    def robust_step(lr: float) -> torch.Tensor:
+        nonlocal micro
+        while True:
+            try:
+                return train_step(lr)
+            except Exception as exc:
+                optimizer.zero_grad(set_to_none=True)
+                action = recover(exc, log)
+                if action == "smaller" and micro > 1:
+                    micro //= 2
+                    log(f"micro-batch now {micro}")
+                elif action != "retry":
+                    raise
 
     model.train()
-    try:
-        train_step(sample(), 0.0)
-    except Exception as exc:  # FlexAttention failed to compile here: use the SDPA path
-        log(f"first step failed ({type(exc).__name__}: {exc}); attention falls back to SDPA")
-        from mamba3_integrations.kernels import attention as attention_module
-
-        attention_module._flex_supported = lambda q: False
-        optimizer.zero_grad(set_to_none=True)
-        train_step(sample(), 0.0)
+    robust_step(0.0)  # compiles the kernels outside the schedule
     train_start = time.time()
-    train_end = deadline - args.reserve
-    budget = max(1.0, train_end - train_start)
+    budget = max(1.0, deadline - args.reserve - train_start)
     step, tokens, next_eval = 0, 0, train_start + args.eval_every
     best = (math.inf, None, 0)
     curve = []
     loss_sum, loss_n = torch.zeros((), device=device), 0
-    while True:
-        now = time.time()
-        progress = (now - train_start) / budget
-        if progress >= 1 or (args.max_steps and step >= args.max_steps):
-            break
-        loss = train_step(sample(), cosine_lr(progress, args.lr, args.warmup))
-        loss_sum += loss.detach()
-        loss_n += 1
-        step += 1
-        tokens += batch * ctx
-        if time.time() >= next_eval or progress >= 1 or step == args.max_steps:
-            model.eval()
-            val = validation_loss()
-            model.train()
-            mean_val = float(np.mean(list(val.values())))
-            elapsed = time.time() - train_start
-            point = {"step": step, "tokens": tokens, "seconds": round(elapsed, 1),
-                     "train_loss": round(float(loss_sum) / loss_n, 4),
-                     **{f"valid_loss_{k}": round(v, 4) for k, v in val.items()}}
-            curve.append(point)
-            log(json.dumps(point) + f" tok/s {tokens / elapsed:,.0f}")
-            loss_sum.zero_()
-            loss_n = 0
-            if mean_val < best[0]:
-                best = (mean_val, {k: v.detach().cpu().clone()
-                                   for k, v in model.state_dict().items()}, step)
-            next_eval = time.time() + args.eval_every
+    try:
+        while True:
+            progress = (time.time() - train_start) / budget
+            if progress >= 1 or (args.max_steps and step >= args.max_steps):
+                break
+            loss_sum += robust_step(cosine_lr(progress, args.lr, args.warmup))
+            loss_n += 1
+            step += 1
+            tokens += batch * ctx
+            if time.time() >= next_eval or step == args.max_steps:
+                model.eval()
+                val = validation_loss()
+                model.train()
+                mean_val = float(np.mean(list(val.values())))
+                elapsed = time.time() - train_start
+                point = {"step": step, "tokens": tokens, "seconds": round(elapsed, 1),
+                         "train_loss": round(float(loss_sum) / loss_n, 4),
+                         **{f"valid_loss_{k}": round(v, 4) for k, v in val.items()}}
+                curve.append(point)
+                log(json.dumps(point) + f" tok/s {tokens / elapsed:,.0f}")
+                loss_sum.zero_()
+                loss_n = 0
+                if mean_val < best[0]:
+                    best = (mean_val, {k: v.detach().cpu().clone()
+                                       for k, v in model.state_dict().items()}, step)
+                next_eval = time.time() + args.eval_every
+    except Exception as exc:  # keep what was learnt: save the best checkpoint so far
+        log(f"training stopped early: {type(exc).__name__}: {str(exc)[:300]}")
     train_seconds = time.time() - train_start
     if best[1] is not None:
         model.load_state_dict(best[1])
@@ -239,23 +227,29 @@ def main() -> None:
     log(f"trained {step} steps, {tokens:,} tokens in {train_seconds:.0f}s "
         f"({tokens / train_seconds:,.0f} tok/s); best validation at step {best[2]}")
     heldout = {}
-    for (sub, kind), (ids, nbytes) in streams.items():
-        if sub != "heldout":
-            continue
-        result = perplexity(model, torch.from_numpy(ids).to(device), ctx, 16, amp)
-        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / nbytes
-        heldout[kind] = {k: round(v, 4) if isinstance(v, float) else v
-                         for k, v in result.items()}
-        log(f"held-out {kind}: {json.dumps(heldout[kind])}")
-    total_nll = sum(h["nll_sum"] for h in heldout.values())
-    total_tok = sum(h["tokens"] for h in heldout.values())
-    heldout["all"] = {"tokens": total_tok, "loss": round(total_nll / total_tok, 4),
-                      "perplexity": round(math.exp(total_nll / total_tok), 3)}
+    try:
+        for (sub, kind), (ids, nbytes) in streams.items():
+            if sub != "heldout":
+                continue
+            result = perplexity(model, torch.from_numpy(ids).to(device), ctx, 16, amp)
+            result["bits_per_byte"] = result["nll_sum"] / math.log(2) / nbytes
+            heldout[kind] = {k: round(v, 4) if isinstance(v, float) else v
+                             for k, v in result.items()}
+            log(f"held-out {kind}: {json.dumps(heldout[kind])}")
+        total_nll = sum(h["nll_sum"] for h in heldout.values())
+        total_tok = sum(h["tokens"] for h in heldout.values())
+        heldout["all"] = {"tokens": total_tok, "loss": round(total_nll / total_tok, 4),
+                          "perplexity": round(math.exp(total_nll / total_tok), 3)}
+    except Exception as exc:  # the checkpoint matters more: eval_lm.py can redo this
+        log(f"held-out evaluation failed: {type(exc).__name__}: {str(exc)[:300]}")
     metrics = {
         "parameters": n_params, "scan_backend": backend,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "steps": step, "tokens": tokens, "train_seconds": round(train_seconds, 1),
         "tokens_per_second": round(tokens / train_seconds), "batch": batch, "context": ctx,
+        "micro_batch": micro,
+        "scan_backend_at_end": ("reference" if os.environ.get("MAMBA3_DISABLE_TRITON") == "1"
+                                else backend),
         "peak_lr": args.lr, "warmup_fraction": args.warmup, "p_docs": args.p_docs,
         "weight_decay": args.weight_decay, "best_step": best[2],
         "train_tokens_available": {k: int(len(v)) for k, v in train.items()},
@@ -265,7 +259,7 @@ def main() -> None:
     save_shards(unique_state(copy.deepcopy(model).cpu(), torch.bfloat16), args.out, "lm",
                 SHARD_BYTES, {"config": json.dumps(config.to_dict()),
                               "metrics": json.dumps(metrics)}, index=False)
-    log(f"saved to {args.out}; perplexity {heldout['all']['perplexity']}")
+    log(f"saved to {args.out}; held-out {json.dumps(heldout.get('all'))}")
 
 
 if __name__ == "__main__":
