@@ -32,7 +32,6 @@ class _Layout:
     """How the tokens split into chunks (chunks never straddle two sequences)."""
 
     nseq: int
-    chunk: int
     nchunks: int  # chunk slots (an upper bound for packed sequences)
     chunks_per_seq: int  # batched mode only
     chunks: Tensor | None  # (nchunks, 3) int32: start, end, sequence end; packed mode
@@ -46,7 +45,7 @@ def _layout(batch: int, seqlen: int, chunk: int, cu_seqlens: Tensor | None,
             device: torch.device) -> _Layout:
     if cu_seqlens is None:
         cps = triton.cdiv(seqlen, chunk)
-        return _Layout(batch, chunk, batch * cps, cps, None, None, None, 0, seqlen - 1)
+        return _Layout(batch, batch * cps, cps, None, None, None, 0, seqlen - 1)
     if batch != 1:
         raise ValueError(f"packed sequences (cu_seqlens) need batch 1, got batch {batch}")
     cu = cu_seqlens.to(device=device, dtype=torch.int64)
@@ -69,7 +68,7 @@ def _layout(batch: int, seqlen: int, chunk: int, cu_seqlens: Tensor | None,
     end = torch.minimum(start + chunk, seq_end)
     table = torch.stack((start, end, seq_end), dim=1) * valid[:, None]
     seq_chunk = torch.cat((cum.new_zeros(1), cum))
-    return _Layout(nseq, chunk, nmax, 0, table.to(torch.int32).contiguous(),
+    return _Layout(nseq, nmax, 0, table.to(torch.int32).contiguous(),
                    seq_chunk.to(torch.int32), cu.to(torch.int32), cu[:-1], cu[1:] - 1)
 
 
