@@ -133,7 +133,7 @@ class Mamba3Mixer(nn.Module):
             "ADT": A * DT,
             "DT": DT,
             "trap": trap,
-            "angles": angles.unsqueeze(-2).expand(*lead, self.nheads, self.n_angles).float(),
+            "angles": angles.float().unsqueeze(-2).expand(*lead, self.nheads, self.n_angles),
         }
 
     def _output(self, y: Tensor, z: Tensor, x_dtype: torch.dtype) -> Tensor:
@@ -193,13 +193,12 @@ class Mamba3Mixer(nn.Module):
             y, _ = mamba3_mimo_step(**self._mimo_args(p), ADT=p["ADT"], DT=p["DT"],
                                     Trap=p["trap"], state=cache.as_tuple(), inplace=True)
         else:
-            y, new = mamba3_step(
+            y, _ = mamba3_step(
                 Q=p["C"][:, 0], K=p["B"][:, 0], V=p["x"], ADT=p["ADT"], DT=p["DT"],
                 Trap=p["trap"], Q_bias=self.C_bias[:, 0], K_bias=self.B_bias[:, 0],
                 Angles=p["angles"], state=(cache.angle, cache.ssm, cache.k[:, 0], cache.v),
-                D=self.D, Z=None if self.is_outproj_norm else p["z"],
+                D=self.D, Z=None if self.is_outproj_norm else p["z"], inplace=True,
             )
-            cache.copy_(*new)
         return self._output(y, p["z"], u.dtype)
 
     def allocate_cache(self, batch: int, device=None, dtype=None) -> Mamba3LayerCache:
