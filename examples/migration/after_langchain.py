@@ -72,23 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> RAG:
     """Create the components."""
     embeddings = Mamba3Embeddings(model_path=args.embedder)
+    store = PGVector(embeddings, collection_name=args.collection, connection=args.dsn)
+    store.delete_collection()  # as pre_delete_collection=True: the next write recreates it
     return RAG(
         chat=ChatMamba3(model_path=args.lm, max_tokens=args.max_new_tokens),
         embeddings=embeddings,
         splitter=Mamba3SemanticTextSplitter(embeddings, max_tokens=256, add_start_index=True),
-        store=PGVector(embeddings, collection_name=args.collection, connection=args.dsn),
+        store=store,
         compressor=OrderPreservingCompressor(token_budget=900),
         top_k=8,
     )
 
 
 def ingest(rag: RAG, paths: list[Path]) -> list[Document]:
-    """Split ``paths`` and store the chunks; ids from file and offset, so a rerun replaces
-    them."""
+    """Split ``paths`` and store the chunks."""
     chunks = rag.splitter.create_documents([p.read_text(encoding="utf-8") for p in paths],
                                            metadatas=[{"source": p.name} for p in paths])
-    rag.store.add_documents(chunks, ids=[f"{c.metadata['source']}:{c.metadata['start_index']}"
-                                         for c in chunks])
+    rag.store.add_documents(chunks)
     return chunks
 
 

@@ -93,19 +93,18 @@ def build(args: argparse.Namespace) -> RAG:
         splitter=RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200,
                                                 add_start_index=True),
         store=PGVector(embeddings, collection_name=args.collection,
-                       connection=sqlalchemy_url(resolve_dsn(args.dsn), "psycopg")),
+                       connection=sqlalchemy_url(resolve_dsn(args.dsn), "psycopg"),
+                       pre_delete_collection=True),
         compressor=DocumentCompressorPipeline(transformers=[LongContextReorder()]),
         top_k=4,
     )
 
 
 def ingest(rag: RAG, paths: list[Path]) -> list[Document]:
-    """Split ``paths`` and store the chunks; ids from file and offset, so a rerun replaces
-    them."""
+    """Split ``paths`` and store the chunks."""
     chunks = rag.splitter.create_documents([p.read_text(encoding="utf-8") for p in paths],
                                            metadatas=[{"source": p.name} for p in paths])
-    rag.store.add_documents(chunks, ids=[f"{c.metadata['source']}:{c.metadata['start_index']}"
-                                         for c in chunks])
+    rag.store.add_documents(chunks)
     return chunks
 
 
