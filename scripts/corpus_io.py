@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import lzma
@@ -177,8 +178,8 @@ def save_shards(state: dict[str, torch.Tensor], folder: Path, prefix: str,
 
 
 def unique_state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors stored once; floating matrices cast to ``dtype``
-    (parameters the model keeps in float32, such as ``D`` and the biases, stay float32)."""
+    """The state dict on the CPU with tied tensors stored once; matrices cast to ``dtype``
+    (vectors and ``B_bias``/``C_bias``, which the model keeps in float32, stay float32)."""
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         ptr = tensor.untyped_storage().data_ptr()
@@ -186,8 +187,23 @@ def unique_state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.
             continue
         seen.add(ptr)
         keep_fp32 = tensor.dim() < 2 or key.endswith(("B_bias", "C_bias"))
-        state[key] = tensor.detach().float() if keep_fp32 else tensor.detach().to(dtype)
+        state[key] = tensor.detach().cpu().to(torch.float32 if keep_fp32 else dtype)
     return state
+
+
+def save_checkpoint(model: torch.nn.Module, folder: Path, prefix: str, metrics: dict) -> None:
+    """bf16 shards of at most 15 MB without an index (a device call returns at most 8
+    files); the config and ``metrics`` go in the first shard's metadata."""
+    save_shards(unique_state(model, torch.bfloat16), folder, prefix, 15_000_000,
+                {"config": json.dumps(model.config.to_dict()), "metrics": json.dumps(metrics)},
+                index=False)
+
+
+def release_graphs() -> None:
+    """Free autograd graphs kept alive only by reference cycles (the Triton scan's
+    autograd context holds one of its outputs), which otherwise pile up on the GPU
+    between the collector's rare full passes. Cheap after ``gc.freeze()``."""
+    gc.collect()
 
 
 def check_scan_backend(device: torch.device, config, log) -> str:
@@ -234,6 +250,7 @@ def recover(exc: BaseException, log) -> str:
     (FlexAttention -> SDPA, Triton scan -> reference), else 'stop'."""
     log(f"step failed: {type(exc).__name__}: {str(exc)[:300]}")
     if isinstance(exc, torch.OutOfMemoryError):
+        release_graphs()
         torch.cuda.empty_cache()
         return "smaller"
     where = "".join(traceback.format_exception(exc)).lower()

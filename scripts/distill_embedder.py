@@ -26,7 +26,7 @@ first shard's metadata.
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import json
 import random
 import sys
@@ -44,16 +44,15 @@ from corpus_io import (  # noqa: E402
     cosine_lr,
     read_jsonl,
     recover,
-    save_shards,
+    release_graphs,
+    save_checkpoint,
     sections,
     subset,
-    unique_state,
 )
 from eval_embeddings import ndcg_at_10  # noqa: E402
 
 from mamba3_integrations import Mamba3Config, Mamba3ForCausalLM  # noqa: E402
 
-SHARD_BYTES = 15_000_000
 EMBEDDING = {"pooling": "mean", "normalize": True, "max_segment_tokens": 2048}
 DOC_TEACHER_TOKENS = 1016  # documents are cut to this many teacher tokens (4 windows)
 MAX_STUDENT_TOKENS = 1280
@@ -292,6 +291,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        release_graphs()
         return {"kind": kind, "pairs": len(idx), "distill": distill.detach(),
                 "score": score.detach(), "contrast": contrast.detach()}
 
@@ -332,6 +332,8 @@ def main() -> None:
                 elif action != "retry":
                     raise
 
+    gc.collect()
+    gc.freeze()  # the tokenized pairs stay out of every later collection
     model.train()
     train_start = time.time()
     budget = max(1.0, deadline - args.reserve - train_start)
@@ -362,10 +364,12 @@ def main() -> None:
                 if mean > best[0]:
                     best = (mean, {k: v.detach().cpu().clone()
                                    for k, v in model.state_dict().items()}, step)
+                    save_checkpoint(model, args.out, "embed", {"partial": True, "curve": curve})
                 next_eval = time.time() + args.eval_every
     except Exception as exc:  # keep what was learnt: save the best checkpoint so far
         log(f"training stopped early: {type(exc).__name__}: {str(exc)[:300]}")
     train_seconds = time.time() - train_start
+    gc.unfreeze()
     if best[1] is not None:
         model.load_state_dict(best[1])
     log(f"{step} steps, {pairs_seen:,} pairs in {train_seconds:.0f}s; best dev nDCG at step "
@@ -378,9 +382,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
     }
-    save_shards(unique_state(copy.deepcopy(model).cpu(), torch.bfloat16), args.out, "embed",
-                SHARD_BYTES, {"config": json.dumps(config.to_dict()),
-                              "metrics": json.dumps(metrics)}, index=False)
+    save_checkpoint(model, args.out, "embed", metrics)
     log(f"saved to {args.out}")
 
 

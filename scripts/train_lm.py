@@ -15,7 +15,7 @@ the config and the training figures are in the first shard's metadata
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import json
 import math
 import os
@@ -34,15 +34,13 @@ from corpus_io import (  # noqa: E402
     load_shards,
     read_jsonl,
     recover,
-    save_shards,
+    release_graphs,
+    save_checkpoint,
     token_streams,
-    unique_state,
 )
 from eval_lm import perplexity  # noqa: E402
 
 from mamba3_integrations import Mamba3Config, Mamba3ForCausalLM  # noqa: E402
-
-SHARD_BYTES = 15_000_000
 
 
 def model_config(vocab_size: int, ctx: int, tiny: bool) -> Mamba3Config:
@@ -168,6 +166,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        release_graphs()
         return total
 
     def robust_step(lr: float) -> torch.Tensor:
@@ -184,6 +183,8 @@ def main() -> None:
                 elif action != "retry":
                     raise
 
+    gc.collect()
+    gc.freeze()  # the token data stays out of every later collection
     model.train()
     robust_step(0.0)  # compiles the kernels outside the schedule
     train_start = time.time()
@@ -217,10 +218,12 @@ def main() -> None:
                 if mean_val < best[0]:
                     best = (mean_val, {k: v.detach().cpu().clone()
                                        for k, v in model.state_dict().items()}, step)
+                    save_checkpoint(model, args.out, "lm", {"partial": True, "curve": curve})
                 next_eval = time.time() + args.eval_every
     except Exception as exc:  # keep what was learnt: save the best checkpoint so far
         log(f"training stopped early: {type(exc).__name__}: {str(exc)[:300]}")
     train_seconds = time.time() - train_start
+    gc.unfreeze()
     if best[1] is not None:
         model.load_state_dict(best[1])
     model.eval()
@@ -256,9 +259,7 @@ def main() -> None:
         "heldout": heldout, "curve": curve, "torch": torch.__version__,
         "init": str(args.init) if args.init else None,
     }
-    save_shards(unique_state(copy.deepcopy(model).cpu(), torch.bfloat16), args.out, "lm",
-                SHARD_BYTES, {"config": json.dumps(config.to_dict()),
-                              "metrics": json.dumps(metrics)}, index=False)
+    save_checkpoint(model, args.out, "lm", metrics)
     log(f"saved to {args.out}; held-out {json.dumps(heldout.get('all'))}")
 
 
