@@ -81,11 +81,11 @@ def attention(
         raise ValueError(f"more queries ({lq}) than keys ({lk})")
     if window is not None and not causal:
         raise ValueError("a sliding window needs causal attention")
+    if lq == 1:
+        return _single_query(q, k, v, window, key_padding_mask, softmax_scale)
+    if key_padding_mask is None and window is None and (lq == lk or not causal):
+        return _sdpa_plain(q, k, v, causal, softmax_scale)  # fused kernels, O(L) memory
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32):
-        if lq == 1:
-            return _single_query(q, k, v, window, key_padding_mask, softmax_scale)
-        if key_padding_mask is None and window is None and (lq == lk or not causal):
-            return _sdpa_plain(q, k, v, causal, softmax_scale)
         # Fewer queries than a block: FlexAttention's decoding kernel found no valid
         # configuration for some of these on torch 2.11; the reference is cheap there.
         if lq >= FLEX_BLOCK and _flex_supported(q):
@@ -107,7 +107,8 @@ def attention_reference(
     offset = lk - lq
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     k_pos = torch.arange(lk, device=q.device)
-    block = lq if window is None else max(64, min(window, 1024))
+    # Query blocks bound the mask: O(block * keys) memory, O(L * window) work for windows.
+    block = min(lq, 1024) if window is None else max(64, min(window, 1024))
     outs = []
     for start in range(0, lq, block):
         end = min(start + block, lq)
