@@ -142,9 +142,14 @@ def main() -> None:
                     texts, as_tensor=True).float(),
                 "teacher": teacher_lib.encode(teacher, teacher_tok, texts),
             }
-            if not query:
-                cache[key]["teacher (window mean)"] = teacher_lib.encode(
-                    teacher, teacher_tok, texts, whole=True)
+            if not query:  # the window mean differs only for texts longer than a window
+                windows = cache[key]["teacher"].clone()
+                longer = [i for i, enc in enumerate(teacher_tok.encode_batch(texts))
+                          if len(enc.ids) > teacher_lib.MAX_TOKENS]
+                if longer:
+                    windows[longer] = teacher_lib.encode(
+                        teacher, teacher_tok, [texts[i] for i in longer], whole=True)
+                cache[key]["teacher (window mean)"] = windows
             print(f"  embedded {len(texts)} {'queries' if query else 'documents'} of {name} "
                   f"in {time.time() - start:.0f}s", flush=True)
         return cache[key]
