@@ -192,7 +192,9 @@ def scan_forward(
     k_last = k_last.repeat_interleave(nheads // ngroups, dim=1) + K_bias
     final = (final_angle, _interleave(final_ssm),
              _rotate(k_last, final_angle).to(Q.dtype), _first_last(V, lay.last_tok, 1).clone())
-    saved = _Saved(offsets, final_angle, states, atot, ypre, lay) if save else None
+    # A copy: the output itself would tie the autograd graph into a reference cycle (ctx ->
+    # saved -> output -> grad_fn -> ctx) that frees the saved chunk states only on a gc pass.
+    saved = _Saved(offsets, final_angle.clone(), states, atot, ypre, lay) if save else None
     return out, final, saved
 
 

@@ -274,3 +274,32 @@ def test_gpu_step(state_dtype):
     y, new = mamba3_step(**x, state=tuple(s.clone() for s in state), inplace=True)
     assert rel_err(y, want_y) < 2e-2
     assert rel_err(new[1], want[1]) < (1e-5 if state_dtype == torch.float32 else 1e-2)
+
+
+def test_backward_state_is_freed_without_a_gc_pass():
+    """The saved chunk states must not sit in a reference cycle (training leaked GPU memory)."""
+    import gc
+
+    from mamba3_integrations.kernels import mamba3_siso_triton as triton_scan
+
+    torch.manual_seed(0)
+    b, seqlen, h, p, n = 1, 20, 2, 8, 16
+    args = dict(Q=torch.randn(b, seqlen, 1, n), K=torch.randn(b, seqlen, 1, n),
+                V=torch.randn(b, seqlen, h, p), ADT=-torch.rand(b, h, seqlen),
+                DT=torch.rand(b, h, seqlen), Trap=torch.randn(b, h, seqlen),
+                Q_bias=torch.randn(h, n), K_bias=torch.randn(h, n),
+                Angles=torch.randn(b, seqlen, h, n // 4))
+    for tensor in args.values():
+        tensor.requires_grad_()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            out = triton_scan.mamba3_scan_triton(**args)
+            out = out[0] if isinstance(out, tuple) else out
+            out.sum().backward()
+            del out
+        alive = sum(isinstance(o, triton_scan._Saved) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive == 0
