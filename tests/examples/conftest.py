@@ -29,13 +29,9 @@ def docs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def our_model_args(tiny_lm_dir, tmp_path_factory) -> list[str]:
-    """The model options of our examples: the tiny fixture models, until the shipped default
-    models exist (then: ``[]``)."""
-    from tests.fixtures import save_tiny_embedder
-
-    embedder = save_tiny_embedder(tmp_path_factory.mktemp("tiny_embedder"))
-    return ["--lm", str(tiny_lm_dir), "--embedder", str(embedder)]
+def our_model_args() -> list[str]:
+    """The model options of our examples: none, so they run on the shipped default models."""
+    return []
 
 
 @pytest.fixture(scope="session")
