@@ -85,11 +85,11 @@ def attention(
         return _single_query(q, k, v, window, key_padding_mask, softmax_scale)
     if key_padding_mask is None and window is None and (lq == lk or not causal):
         return _sdpa_plain(q, k, v, causal, softmax_scale)  # fused kernels, O(L) memory
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32):
-        # Fewer queries than a block: FlexAttention's decoding kernel found no valid
-        # configuration for some of these on torch 2.11; the reference is cheap there.
-        if lq >= FLEX_BLOCK and _flex_supported(q):
-            return _flex_attention(q, k, v, causal, window, key_padding_mask, softmax_scale)
+    # Fewer queries than a block: FlexAttention's decoding kernel found no valid
+    # configuration for some of these on torch 2.11; the reference is cheap there.
+    on_gpu = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    if on_gpu and lq >= FLEX_BLOCK and _flex_supported(q):
+        return _flex_attention(q, k, v, causal, window, key_padding_mask, softmax_scale)
     return attention_reference(q, k, v, causal, window, key_padding_mask, softmax_scale)
 
 
