@@ -197,10 +197,3 @@ class InferenceCache:
                     KVCache: "kv"}[type(c)]
             totals[kind] += _tensor_bytes(c)
         return totals
-
-    def key_valid(self, start: int, end: int, device: torch.device) -> Tensor | None:
-        """(b, end - start) True where absolute positions are not left padding."""
-        if self.pad_lengths is None:
-            return None
-        positions = torch.arange(start, end, device=device)
-        return positions[None, :] >= self.pad_lengths.to(device)[:, None]
