@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.postgres_server import postgres  # noqa: F401  (one embedded server per session)
+
 # Without a GPU the Triton kernels run (and are tested) in Triton's interpreter; the flag must
 # be set before Triton is first imported.
 if not torch.cuda.is_available():

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.stores.conftest import postgres  # noqa: F401  (a fixture, used by name)
-
 # Every model here is a local folder; never ask a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
