@@ -23,6 +23,7 @@ import triton
 from triton.testing import do_bench
 
 from mamba3_integrations.kernels import mamba3_siso_triton as siso
+from mamba3_integrations.kernels import mamba3_siso_triton_step as siso_step
 from mamba3_integrations.modeling import Mamba3LMHeadModel
 from mamba3_integrations.modeling.config import Mamba3Config
 from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
@@ -256,7 +257,7 @@ def main() -> None:
         siso.CHUNK_WARPS[chunk] = best["warps"]
         siso.TUNING["chunks_per_program"] = best["cpp"]
         siso.TUNING["split_rope"] = best.get("split", False)
-        siso.STEP_WARPS = best["step_warps"]
+        siso_step.STEP_WARPS = best["step_warps"]
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
     torch.manual_seed(0)

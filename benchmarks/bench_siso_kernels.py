@@ -22,6 +22,7 @@ import triton
 from triton.testing import do_bench
 
 from mamba3_integrations.kernels import mamba3_siso_triton as siso
+from mamba3_integrations.kernels import mamba3_siso_triton_step as siso_step
 from mamba3_integrations.kernels.mamba3_siso_reference import mamba3_scan_reference
 
 H, P, N, G, A = 64, 64, 128, 1, 32
@@ -181,7 +182,7 @@ def bench_decode(batches, bandwidth: float, warps=(4, 8), steps_per_graph: int =
     rows = []
     for batch in batches:
         for state_dtype, num_warps in itertools.product((torch.float32, torch.bfloat16), warps):
-            siso.STEP_WARPS = num_warps
+            siso_step.STEP_WARPS = num_warps
             x, state = step_inputs(batch, state_dtype)
 
             step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)

@@ -16,15 +16,14 @@ from torch import Tensor
 
 from mamba3_integrations.kernels import mamba3_siso_triton_bwd as bwd
 from mamba3_integrations.kernels import mamba3_siso_triton_fwd as fwd
-from mamba3_integrations.kernels import mamba3_siso_triton_step as step
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State, rotate_adjacent_pairs
+from mamba3_integrations.kernels.mamba3_siso_triton_step import mamba3_step_triton  # noqa: F401
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
 # Forward chunk kernels: chunks per program, pipelining stages, and whether the rotation
 # pass computes angles only for the rotated pairs (else for all N/2 pairs).
 TUNING = {"chunks_per_program": 4, "stages": 2, "split_rope": True}
-STEP_WARPS = 4  # num_warps of the decode step
 
 
 @dataclass
@@ -358,25 +357,3 @@ def mamba3_scan_triton(
     out, *final = _ScanFunction.apply(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z,
                                       *init, cu_seqlens, chunk_size)
     return (out, tuple(final)) if return_final_state else out
-
-
-def _unit_last(x: Tensor | None) -> Tensor | None:
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
-
-
-def mamba3_step_triton(
-    Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
-    K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
-    Z: Tensor | None = None, inplace: bool = False,
-) -> tuple[Tensor, Mamba3State]:
-    """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
-    writes the new state over ``state`` (each program reads its slice before writing)."""
-    if inplace and not all(s.is_contiguous() for s in state):
-        raise ValueError("an in-place decode step needs contiguous state tensors")
-    state = tuple(s.contiguous() for s in state)
-    out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
-    Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
-    y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
-    step.launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
-                     num_warps=STEP_WARPS)
-    return y, out_state

@@ -9,10 +9,15 @@ program reads its slice before writing it.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
+
+STEP_WARPS = 4  # num_warps of the decode step
 
 
 @triton.jit
@@ -107,3 +112,25 @@ def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out
         NB=triton.next_power_of_2(d_state), PB=triton.next_power_of_2(headdim),
         HAS_D=D is not None, HAS_Z=Z is not None, num_warps=num_warps,
     )
+
+
+def _unit_last(x: Tensor | None) -> Tensor | None:
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def mamba3_step_triton(
+    Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
+    K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
+    Z: Tensor | None = None, inplace: bool = False,
+) -> tuple[Tensor, Mamba3State]:
+    """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
+    writes the new state over ``state`` (each program reads its slice before writing)."""
+    if inplace and not all(s.is_contiguous() for s in state):
+        raise ValueError("an in-place decode step needs contiguous state tensors")
+    state = tuple(s.contiguous() for s in state)
+    out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
+    Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
+    y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
+    launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
+                     num_warps=STEP_WARPS)
+    return y, out_state
