@@ -80,8 +80,8 @@ def kernel_breakdown(fn) -> dict[str, float]:
 
 
 def bench_prefill(shapes, variants) -> list[dict]:
-    """All ``variants`` (chunk, warps, chunks per program, split rotation) on the first
-    shape, the two fastest of them on the others; each checked against the reference."""
+    """All ``variants`` (chunk, warps, chunks per program, pipelining stages) on the first
+    shape, the three fastest of them on the others; each checked against the reference."""
     rows = []
     for n_shape, (batch, seqlen) in enumerate(shapes):
         x = prefill_inputs(batch, seqlen)
@@ -99,15 +99,15 @@ def bench_prefill(shapes, variants) -> list[dict]:
         ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
         if n_shape == 1:
             ranked = sorted(rows, key=lambda r: r["ms"])
-            variants = [(r["chunk"], r["warps"], r["cpp"], r["split"]) for r in ranked[:2]]
-        for chunk, warps, cpp, split in variants:
+            variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"]) for r in ranked[:3]]
+        for chunk, warps, cpp, stages in variants:
             siso.CHUNK_WARPS[chunk] = warps
             siso.TUNING["chunks_per_program"] = cpp
-            siso.TUNING["split_rope"] = split
+            siso.TUNING["stages"] = stages
             try:
                 got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
             except Exception as exc:  # e.g. a tile configuration out of shared memory
-                print(f"variant {chunk, warps, cpp, split} failed: {exc!r:.300}")
+                print(f"variant {chunk, warps, cpp, stages} failed: {exc!r:.300}")
                 continue
             err = ((got.float() - ref).norm() / ref.norm()).item()
             fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
@@ -120,7 +120,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
                     "chunk": chunk,
                     "warps": warps,
                     "cpp": cpp,
-                    "split": split,
+                    "stages": stages,
                     "ms": ms,
                     "official_ms": official,
                     "speedup": official / ms,
@@ -131,8 +131,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
             )
             print(
                 f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
-                f"split={split:d} "
-                f"split={split:d} "
+                f"stages={stages} "
                 f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
                 f"err {err:.1e}",
                 flush=True,
@@ -269,7 +268,7 @@ def plot(result: dict, path: Path) -> None:
     ax1.set_title("prefill forward (H=64, P=64, N=128, bf16)")
     ax1.legend()
     fastest = {}
-    for r in result["decode"]:
+    for r in result.get("decode", []):
         key = (r["batch"], r["state"])
         if key not in fastest or r["graph_us"] < fastest[key]["graph_us"]:
             fastest[key] = r
@@ -292,6 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="one variant per shape")
+    parser.add_argument("--prefill-only", action="store_true", help="skip the decode step")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bandwidth = copy_bandwidth()
@@ -301,9 +301,11 @@ def main() -> None:
         flush=True,
     )
     shapes = [(1, 16384), (1, 65536), (8, 4096)]
-    variants = [(64, 4, 4, True)]
+    variants = [(64, 8, 4, 2)]
     if not args.quick:
-        variants += [(128, 8, 4, True), (128, 8, 4, False), (64, 8, 4, True)]
+        variants += [(64, w, cpp, st) for w in (4, 8) for cpp in (2, 4, 8) for st in (1, 2, 3)
+                     if (w, cpp, st) != (8, 4, 2)]
+        variants += [(128, 8, 2, 2), (128, 8, 4, 2), (32, 4, 8, 2), (32, 4, 16, 2)]
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -311,21 +313,22 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12,
         "prefill": bench_prefill(shapes, variants),
-        "decode": bench_decode([1, 128], bandwidth, warps=(4,)),
-        "bf16_state": bf16_state_error(),
     }
-    print(json.dumps(result["bf16_state"]))
+    if not args.prefill_only:
+        result["decode"] = bench_decode([1, 128], bandwidth, warps=(4,))
+        result["bf16_state"] = bf16_state_error()
+        print(json.dumps(result["bf16_state"]))
     fastest = min((r for r in result["prefill"] if r["seqlen"] == 16384), key=lambda r: r["ms"])
     step = {}
-    for r in result["decode"]:
+    for r in result.get("decode", []):
         key = (r["batch"], r["state"])
         step[key] = min(step.get(key, (1e9, 0)), (r["graph_us"], r["warps"]))
     result["best"] = {
         "chunk": fastest["chunk"],
         "warps": fastest["warps"],
         "cpp": fastest["cpp"],
-        "split": fastest["split"],
-        "step_warps": step[(128, "fp32")][1],
+        "stages": fastest["stages"],
+        "step_warps": step.get((128, "fp32"), (0, siso_step.STEP_WARPS))[1],
     }
     (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "siso_kernels.png")
@@ -344,7 +347,7 @@ def main() -> None:
         )
     print("\n| decode | warps | graph us | eager us | bound us | official us |")
     print("|---|---|---|---|---|---|")
-    for r in result["decode"]:
+    for r in result.get("decode", []):
         print(
             f"| B={r['batch']} {r['state']} | {r['warps']} | {r['graph_us']:.2f} | "
             f"{r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['official_us']} |"

@@ -21,9 +21,8 @@ from mamba3_integrations.kernels.mamba3_siso_triton_step import mamba3_step_trit
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
-# Forward chunk kernels: chunks per program, pipelining stages, and whether the rotation
-# pass computes angles only for the rotated pairs (else for all N/2 pairs).
-TUNING = {"chunks_per_program": 4, "stages": 2, "split_rope": True}
+# Forward chunk kernels: chunks per super-chunk (one program each) and pipelining stages.
+TUNING = {"chunks_per_program": 4, "stages": 2}
 
 
 @dataclass
@@ -69,6 +68,36 @@ def _layout(batch: int, seqlen: int, chunk: int, cu_seqlens: Tensor | None,
     seq_chunk = torch.cat((cum.new_zeros(1), cum))
     return _Layout(nseq, nmax, 0, table.to(torch.int32).contiguous(),
                    seq_chunk.to(torch.int32), cu.to(torch.int32), cu[:-1], cu[1:] - 1)
+
+
+@dataclass
+class _Supers:
+    """Super-chunks: runs of up to ``cpp`` consecutive chunks of one sequence."""
+
+    count: int  # super-chunk slots (an upper bound for packed sequences)
+    per_seq: int  # batched mode only
+    table: Tensor | None  # (count, 2) int32: first chunk slot, number of chunks; packed
+    seq_first: Tensor | None  # (nseq + 1,) int32 first super-chunk slot of each sequence
+
+
+def _super_layout(lay: _Layout, cpp: int) -> _Supers:
+    if lay.chunks is None:
+        per_seq = triton.cdiv(lay.chunks_per_seq, cpp)
+        return _Supers(lay.nseq * per_seq, per_seq, None, None)
+    first_chunk = lay.seq_chunk.long()
+    nch = first_chunk[1:] - first_chunk[:-1]
+    nsup = (nch + cpp - 1) // cpp
+    cum = nsup.cumsum(0)
+    count = lay.nseq + lay.nchunks // cpp + 1
+    slot = torch.arange(count, device=cum.device)
+    seq = torch.searchsorted(cum, slot, right=True)
+    valid = seq < lay.nseq
+    seq = seq.clamp(max=lay.nseq - 1)
+    k = slot - (cum - nsup)[seq]
+    n = (nch[seq] - k * cpp).clamp(0, cpp) * valid
+    table = torch.stack((first_chunk[seq] + k * cpp, n), dim=1) * valid[:, None]
+    seq_first = torch.cat((cum.new_zeros(1), cum))
+    return _Supers(count, 0, table.to(torch.int32).contiguous(), seq_first.to(torch.int32))
 
 
 def _deinterleave(x: Tensor) -> Tensor:
@@ -125,7 +154,7 @@ def scan_forward(
     initial_state: Mamba3State | None, cu_seqlens: Tensor | None, chunk_size: int,
     save: bool,
 ) -> tuple[Tensor, Mamba3State, _Saved | None]:
-    """Run the four forward kernels; returns (out, final_state, saved)."""
+    """Run the three forward kernels; returns (out, final_state, saved)."""
     batch, seqlen, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[2], V.shape[3]
     n_angles = Angles.shape[3]
@@ -136,29 +165,23 @@ def scan_forward(
     Q_bias, K_bias = Q_bias.contiguous(), K_bias.contiguous()
     f32 = {"device": dev, "dtype": torch.float32}
 
-    states = torch.empty(lay.nchunks, nheads, headdim, d_state, **f32)
-    atot = torch.empty(lay.nchunks, nheads, **f32)
-    chunk_ang = torch.empty(lay.nchunks, nheads, n_angles, **f32)
-    dty = V.dtype
-    q_rot = torch.empty(batch, nheads, seqlen, d_state, device=dev, dtype=dty)
-    k_rot = torch.empty_like(q_rot)
     cpp = max(1, min(TUNING["chunks_per_program"], lay.nchunks))
-    grid = (triton.cdiv(lay.nchunks, cpp), nheads)
+    sup = _super_layout(lay, cpp)
+    states = torch.empty(sup.count, nheads, headdim, d_state, **f32)
+    atot = torch.empty(sup.count, nheads, **f32)
+    chunk_ang = torch.empty(sup.count, nheads, n_angles, **f32)
+    grid = (sup.count, nheads)
     varlen = lay.chunks is not None
-    meta = {"C": chunk_size, "NH": NH, "CPP": cpp, "IS_VARLEN": varlen,
-            "num_warps": CHUNK_WARPS[chunk_size], "num_stages": TUNING["stages"]}
-    bounds = (seqlen, lay.nchunks, lay.chunks_per_seq, nheads)
-    rot = max(2, triton.next_power_of_2(n_angles)) if TUNING["split_rope"] else NH
-    rest = triton.next_power_of_2(d_state // 2 - rot) if d_state // 2 > rot else 0
-    fwd._rotate_kernel[grid](
-        Q, *Q.stride(), K, *K.stride(), DT, *DT.stride(), Q_bias, K_bias, *K_bias.stride(),
-        Angles, *Angles.stride(), q_rot, k_rot, chunk_ang, lay.chunks, *bounds,
-        nheads // ngroups, d_state // 2, n_angles, FAST=V.is_cuda and not ieee, AB=rot,
-        RB=rest, **meta)
+    fast = V.is_cuda and not ieee
+    meta = {"C": chunk_size, "NH": NH, "PB": PB, "CPP": cpp, "IS_VARLEN": varlen,
+            "IEEE": ieee, "FAST": fast, "num_warps": CHUNK_WARPS[chunk_size],
+            "num_stages": TUNING["stages"]}
+    dims = (seqlen, lay.chunks_per_seq, sup.per_seq, nheads, nheads // ngroups, d_state,
+            n_angles, headdim)
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[grid](
-        k_rot, V, *V.stride(), *gates, states, atot, lay.chunks, *bounds, d_state // 2, headdim,
-        PB=PB, IEEE=ieee, **meta)
+        K, *K.stride(), K_bias, *K_bias.stride(), V, *V.stride(), *gates, Angles,
+        *Angles.stride(), states, atot, chunk_ang, lay.chunks, sup.table, *dims, **meta)
 
     start, angle0 = None, None
     if initial_state is not None:
@@ -167,24 +190,31 @@ def scan_forward(
         beta0 = ((1 - lam0) * dt0)[..., None, None]
         outer = v0.float()[..., None] * k0.float()[..., None, :]
         start = _deinterleave(ssm0.float() + beta0 * outer)
-    offsets = torch.empty(lay.nchunks, nheads, n_angles, **f32)
+    offsets = torch.empty(sup.count, nheads, n_angles, **f32)
     final_ssm = torch.empty(lay.nseq, nheads, headdim, d_state, **f32)
     final_angle = torch.empty(lay.nseq, nheads, n_angles, **f32)
     rows = max(1, min(triton.next_power_of_2(headdim), STATE_BLOCK // (2 * NH)))
     fwd._state_passing_kernel[(lay.nseq, nheads, triton.cdiv(headdim, rows))](
         states, atot, chunk_ang, offsets, start, angle0,
         *((angle0.stride(0), angle0.stride(1)) if angle0 is not None else (0, 0)),
-        final_ssm, final_angle, lay.seq_chunk, lay.chunks_per_seq, nheads, d_state // 2,
-        n_angles, headdim, RB=rows, NH=NH, IS_VARLEN=lay.chunks is not None,
+        final_ssm, final_angle, sup.seq_first, sup.per_seq, nheads, d_state // 2,
+        n_angles, headdim, RB=rows, NH=NH, IS_VARLEN=varlen,
         HAS_START=start is not None, HAS_ANGLE0=angle0 is not None, num_warps=4)
 
     out = torch.empty(batch, seqlen, nheads, headdim, device=dev, dtype=V.dtype)
     ypre = torch.empty_like(out) if save and Z is not None else None
+    if save:  # per chunk, for the backward pass
+        saved_states = torch.empty(lay.nchunks, nheads, headdim, d_state, **f32)
+        saved_offsets = torch.empty(lay.nchunks, nheads, n_angles, **f32)
+        saved_atot = torch.empty(lay.nchunks, nheads, **f32)
+    else:
+        saved_states = saved_offsets = saved_atot = None
     zs = Z.stride() if Z is not None else (0, 0, 0, 0)
     fwd._chunk_scan_kernel[grid](
-        q_rot, k_rot, V, *V.stride(), Z, *zs, out, *out.stride(), ypre, *gates, D, offsets,
-        states, lay.chunks, *bounds, d_state // 2, n_angles, headdim, PB=PB,
-        HAS_D=D is not None, HAS_Z=Z is not None, STORE_YPRE=ypre is not None, IEEE=ieee,
+        Q, *Q.stride(), K, *K.stride(), Q_bias, K_bias, *K_bias.stride(), V, *V.stride(),
+        Z, *zs, out, *out.stride(), ypre, *gates, Angles, *Angles.stride(), D, offsets,
+        states, lay.chunks, sup.table, saved_states, saved_offsets, saved_atot, *dims,
+        HAS_D=D is not None, HAS_Z=Z is not None, STORE_YPRE=ypre is not None, SAVE=save,
         **meta)
 
     k_last = _first_last(K, lay.last_tok, 1)
@@ -193,7 +223,8 @@ def scan_forward(
              _rotate(k_last, final_angle).to(Q.dtype), _first_last(V, lay.last_tok, 1).clone())
     # A copy: the output itself would tie the autograd graph into a reference cycle (ctx ->
     # saved -> output -> grad_fn -> ctx) that frees the saved chunk states only on a gc pass.
-    saved = _Saved(offsets, final_angle.clone(), states, atot, ypre, lay) if save else None
+    saved = (_Saved(saved_offsets, final_angle.clone(), saved_states, saved_atot, ypre, lay)
+             if save else None)
     return out, final, saved
 
 

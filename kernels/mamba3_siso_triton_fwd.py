@@ -1,23 +1,26 @@
 """Triton kernels of the Mamba-3 SISO chunked scan, forward pass.
 
-Four launches:
+The tokens of each sequence split into chunks of C tokens, and runs of up to CPP
+consecutive chunks form super-chunks. Three launches:
 
-1. ``_rotate_kernel`` (grid chunk groups x heads): q' and k' (biased, then rotated by the
-   angle summed from their chunk's start only: the chunk's local rotary frame) as
-   contiguous (b, H, l, [even | odd]) tiles, and each chunk's total angle increment.
-2. ``_chunk_state_kernel``: the state each chunk adds on its own,
-   ``S'_c = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` (local frame) and its total decay.
-3. ``_state_passing_kernel`` (grid sequences x heads x row blocks): over the chunks of a
-   sequence, the angle entering each chunk (theta_c, reduced mod 2*pi per chunk) and the
-   state entering it, ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S'_c R(theta_c)^T``, in place;
-   the final state and angle.
-4. ``_chunk_scan_kernel``: the output, the masked "attention" inside the chunk (q'.k' is
-   q.k: both carry the same extra rotation) plus ``exp(A_t) q' R(-theta_c) S_in``, with the
-   D skip and the silu(z) gate.
+1. ``_chunk_state_kernel`` (grid super-chunks x heads): the state a super-chunk adds on
+   its own, ``S' = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` with k' biased and rotated in
+   the super-chunk's local rotary frame (angles summed from its first token), its total
+   decay and its total angle increment. Chunks are visited in order, the state carried
+   in registers.
+2. ``_state_passing_kernel`` (grid sequences x heads x row blocks): over the super-chunks
+   of a sequence, the angle entering each (theta_c, reduced mod 2*pi) and the state
+   entering it, ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S'_c R(theta_c)^T``, in place; the
+   final state and angle.
+3. ``_chunk_scan_kernel`` (grid super-chunks x heads): the output, chunk by chunk with
+   the running state in registers: the masked "attention" inside the chunk (q'.k' is
+   q.k: both carry the same extra rotation) plus ``exp(A_t) q' S^T``, the D skip and the
+   silu(z) gate; then the state moves past the chunk.
 
-Chunk kernels loop over a few consecutive chunks per program so that loads overlap
-compute. Rotary pairs (2i, 2i+1) are handled de-interleaved: ``q.k = q_e.k_e + q_o.k_o``,
-and states live in a (P, [even | odd]) layout. ``shared/spec/MAMBA3.md`` gives the math.
+Q and K are read once per chunk as whole rows and rotated in registers (no rotated copy
+goes through memory). Rotary pairs (2i, 2i+1) are handled de-interleaved:
+``q.k = q_e.k_e + q_o.k_o``, and states live in a (P, [even | odd]) layout.
+``shared/spec/MAMBA3.md`` gives the math.
 """
 
 from __future__ import annotations
@@ -139,93 +142,88 @@ def _load_rotated(X, s_t, s_n, BIAS, s_bn, cos, sin, offs_t, mask_t, n_half,
 
 
 @triton.jit
-def _store_pairs(X, ptr, m, x_e, x_o, n_half):
-    tl.store(X + ptr, x_e.to(X.dtype.element_ty), mask=m)
-    tl.store(X + ptr + n_half, x_o.to(X.dtype.element_ty), mask=m)
+def _sub_chunk(g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq,
+               C: tl.constexpr, CPP: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Chunk ``j`` of super-chunk ``g``: (row, start, end, seq_end, chunk slot, valid).
+
+    A super-chunk is up to CPP consecutive chunks of one sequence; past its last chunk
+    the tokens are empty (``end == start``) and ``valid`` is false."""
+    if IS_VARLEN:
+        first = tl.load(SUPER + 2 * g)
+        count = tl.load(SUPER + 2 * g + 1)
+        valid = j < count
+        slot = first + tl.minimum(j, tl.maximum(count - 1, 0))
+        row = g * 0
+        start = tl.load(CHUNKS + 3 * slot)
+        end = tl.where(valid, tl.load(CHUNKS + 3 * slot + 1), start)
+        seq_end = tl.load(CHUNKS + 3 * slot + 2)
+    else:
+        row = g // supers_per_seq
+        c = (g % supers_per_seq) * CPP + j
+        valid = c < chunks_per_seq
+        slot = row * chunks_per_seq + c
+        start = c * C
+        end = tl.minimum(start + C, seqlen)
+        seq_end = seqlen
+    return row, start, end, seq_end, slot, valid
 
 
 @triton.jit
-def _rotate_kernel(
-    Q, s_qb, s_qt, s_qg, s_qn,
-    K, s_kb, s_kt, s_kg, s_kn,
-    DT, s_db, s_dh, s_dt,
-    QB, KB, s_bh, s_bn,
-    ANG, s_gb, s_gt, s_gh, s_ga,
-    QR, KR, CHUNK_ANG, CHUNKS,
-    seqlen, nchunks, chunks_per_seq, nheads, heads_per_group, n_half, n_angles,
-    C: tl.constexpr, NH: tl.constexpr, CPP: tl.constexpr,
-    IS_VARLEN: tl.constexpr, FAST: tl.constexpr,
-    AB: tl.constexpr, RB: tl.constexpr,
-):
-    """q', k' of CPP consecutive chunks of one head, in their chunks' local rotary frames;
-    grid (chunks / CPP, H). Angles are computed for the first AB pairs only (AB >= A);
-    with RB > 0 the pairs ``[AB, AB + RB)`` are copied without rotation (AB = NH: none)."""
-    h = tl.program_id(1)
-    grp = h // heads_per_group
-    for j in range(CPP):
-        pid_c = tl.minimum(tl.program_id(0) * CPP + j, nchunks - 1)
-        row, start, end, seq_end = _chunk_bounds(pid_c, CHUNKS, seqlen, chunks_per_seq, C,
-                                                 IS_VARLEN)
-        offs_t = start + tl.arange(0, C)
-        mask_t = offs_t < end
-        row64 = row.to(tl.int64)
-        theta, ang_sum = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
-                                      DT + row64 * s_db + h * s_dh, s_dt, ANG, offs_t, mask_t,
-                                      n_angles, AB, False)
-        cos, sin = _cos_sin(theta, FAST)
-        q_ptr = Q + row64 * s_qb + grp * s_qg
-        k_ptr = K + row64 * s_kb + grp * s_kg
-        row_ptr = (((row64 * nheads + h) * seqlen + offs_t) * (2 * n_half))[:, None]
-        offs_a = tl.arange(0, AB)
-        m = mask_t[:, None] & (offs_a < n_half)[None, :]
-        q_e, q_o = _load_rotated(q_ptr, s_qt, s_qn, QB + h * s_bh, s_bn, cos, sin, offs_t,
-                                 mask_t, n_half, AB, 0)
-        _store_pairs(QR, row_ptr + offs_a[None, :], m, q_e, q_o, n_half)
-        k_e, k_o = _load_rotated(k_ptr, s_kt, s_kn, KB + h * s_bh, s_bn, cos, sin, offs_t,
-                                 mask_t, n_half, AB, 0)
-        _store_pairs(KR, row_ptr + offs_a[None, :], m, k_e, k_o, n_half)
-        if RB > 0:
-            offs_r = AB + tl.arange(0, RB)
-            m = mask_t[:, None] & (offs_r < n_half)[None, :]
-            q_e, q_o = _load_rotated(q_ptr, s_qt, s_qn, QB + h * s_bh, s_bn, 1.0, 0.0, offs_t,
-                                     mask_t, n_half, RB, AB)
-            _store_pairs(QR, row_ptr + offs_r[None, :], m, q_e, q_o, n_half)
-            k_e, k_o = _load_rotated(k_ptr, s_kt, s_kn, KB + h * s_bh, s_bn, 1.0, 0.0, offs_t,
-                                     mask_t, n_half, RB, AB)
-            _store_pairs(KR, row_ptr + offs_r[None, :], m, k_e, k_o, n_half)
-        tl.store(CHUNK_ANG + (pid_c * nheads + h) * n_angles + offs_a, ang_sum,
-                 mask=offs_a < n_angles)
+def _local_angles(ANG, s_at, s_aa, DT, s_dt, base, offs_t, mask_t, n_angles,
+                  FAST: tl.constexpr, NH: tl.constexpr):
+    """cos and sin (T, NH) of ``base + running sum of pi*tanh(angle)*dt`` over the chunk's
+    tokens (zero angle for pairs >= n_angles), and ``base`` moved past the chunk; angles
+    stay reduced mod 2*pi."""
+    theta, inc = _chunk_theta(ANG, s_at, s_aa, DT, s_dt, ANG, offs_t, mask_t, n_angles, NH,
+                              False)
+    cos, sin = _cos_sin(_wrap(base[None, :] + theta), FAST)
+    return cos, sin, _wrap(base + inc)
 
 
 @triton.jit
-def _load_tile(X, base, offs_t, mask_t, n_half, NH: tl.constexpr):
-    """Even and odd halves (T, NH) of rows ``offs_t`` of a (.., l, [even | odd]) buffer."""
-    offs_i = tl.arange(0, NH)
-    m = mask_t[:, None] & (offs_i < n_half)[None, :]
-    ptr = X + base + (offs_t * (2 * n_half))[:, None] + offs_i[None, :]
-    return (tl.load(ptr, mask=m, other=0.0), tl.load(ptr + n_half, mask=m, other=0.0))
+def _load_qk(X, s_t, s_n, BIAS, s_bn, offs_t, mask_t, d_state, cos, sin,
+             C: tl.constexpr, NH: tl.constexpr):
+    """Rows ``offs_t`` of x + bias, read whole and split into even/odd halves (T, NH),
+    rotated pairwise by the angles whose cos and sin are given; float32."""
+    offs_n = tl.arange(0, 2 * NH)
+    mask_n = offs_n < d_state
+    m = mask_t[:, None] & mask_n[None, :]
+    x = tl.load(X + offs_t[:, None] * s_t + offs_n[None, :] * s_n, mask=m, other=0.0)
+    bias = tl.load(BIAS + offs_n * s_bn, mask=mask_n, other=0.0).to(tl.float32)
+    x = tl.where(m, x.to(tl.float32) + bias[None, :], 0.0)
+    x_e, x_o = tl.split(tl.reshape(x, [C, NH, 2]))
+    return x_e * cos - x_o * sin, x_e * sin + x_o * cos
 
 
 @triton.jit
 def _chunk_state_kernel(
-    KR, V, s_vb, s_vt, s_vh, s_vp,
+    K, s_kb, s_kt, s_kg, s_kn, KB, s_bh, s_bn,
+    V, s_vb, s_vt, s_vh, s_vp,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
-    STATES, ATOT, CHUNKS,
-    seqlen, nchunks, chunks_per_seq, nheads, n_half, headdim,
+    ANG, s_gb, s_gt, s_gh, s_ga,
+    STATES, ATOT, CHUNK_ANG, CHUNKS, SUPER,
+    seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, d_state, n_angles,
+    headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr, CPP: tl.constexpr,
-    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
+    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
 ):
-    """S'_c (P, [even | odd]) in the chunk's rotary frame and A_tot of CPP consecutive
-    chunks of one head; grid (chunks / CPP, H)."""
+    """The state one super-chunk adds on its own, in its local rotary frame (angles summed
+    from its first token), its total decay and angle increment; grid (super-chunks, H).
+    States are (P, [even | odd]) float32."""
+    g = tl.program_id(0)
     h = tl.program_id(1)
+    grp = h // heads_per_group
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     offs_i = tl.arange(0, NH)
-    m_st = mask_p[:, None] & (offs_i < n_half)[None, :]
+    dty = V.dtype.element_ty
+    s_e = tl.zeros([PB, NH], dtype=tl.float32)
+    s_o = tl.zeros([PB, NH], dtype=tl.float32)
+    a_tot = tl.sum(tl.zeros([C], dtype=tl.float32), 0)
+    ang = tl.zeros([NH], dtype=tl.float32)
     for j in range(CPP):
-        pid_c = tl.minimum(tl.program_id(0) * CPP + j, nchunks - 1)
-        row, start, end, seq_end = _chunk_bounds(pid_c, CHUNKS, seqlen, chunks_per_seq, C,
-                                                 IS_VARLEN)
+        row, start, end, seq_end, slot, valid = _sub_chunk(
+            g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
         offs_t = start + tl.arange(0, C)
         mask_t = offs_t < end
         row64 = row.to(tl.int64)
@@ -234,16 +232,26 @@ def _chunk_state_kernel(
             TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
         a_end = tl.sum(adt, 0)
         coef = tl.exp(a_end - tl.cumsum(adt, 0)) * w
-        k_e, k_o = _load_tile(KR, (row64 * nheads + h) * seqlen * (2 * n_half), offs_t, mask_t,
-                              n_half, NH)
+        cos, sin, ang = _local_angles(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
+                                      DT + row64 * s_db + h * s_dh, s_dt, ang, offs_t, mask_t,
+                                      n_angles, FAST, NH)
+        k_e, k_o = _load_qk(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
+                            offs_t, mask_t, d_state, cos, sin, C, NH)
         v = tl.load(V + row64 * s_vb + h * s_vh + offs_t[:, None] * s_vt
                     + offs_p[None, :] * s_vp, mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-        vs = tl.trans((v.to(tl.float32) * coef[:, None]).to(k_e.dtype))
-        ptr = (STATES + (pid_c.to(tl.int64) * nheads + h) * headdim * 2 * n_half
-               + offs_p[:, None] * (2 * n_half) + offs_i[None, :])
-        tl.store(ptr, _dot(vs, k_e, IEEE), mask=m_st)
-        tl.store(ptr + n_half, _dot(vs, k_o, IEEE), mask=m_st)
-        tl.store(ATOT + pid_c * nheads + h, a_end)
+        vs = tl.trans((v.to(tl.float32) * coef[:, None]).to(dty))
+        decay = tl.exp(a_end)
+        s_e = s_e * decay + _dot(vs, k_e.to(dty), IEEE)
+        s_o = s_o * decay + _dot(vs, k_o.to(dty), IEEE)
+        a_tot += a_end
+    sup = g * nheads + h
+    ptr = (STATES + sup.to(tl.int64) * headdim * d_state + offs_p[:, None] * d_state
+           + offs_i[None, :])
+    m_st = mask_p[:, None] & (offs_i < d_state // 2)[None, :]
+    tl.store(ptr, s_e, mask=m_st)
+    tl.store(ptr + d_state // 2, s_o, mask=m_st)
+    tl.store(ATOT + sup, a_tot)
+    tl.store(CHUNK_ANG + sup * n_angles + offs_i, ang, mask=offs_i < n_angles)
 
 
 @triton.jit
@@ -320,66 +328,101 @@ def _state_passing_kernel(
 
 
 @triton.jit
+def _turn(s_e, s_o, cos, sin):
+    """Rotate the (even, odd) column pairs of a state by the angles with this cos, sin."""
+    return s_e * cos - s_o * sin, s_e * sin + s_o * cos
+
+
+@triton.jit
 def _chunk_scan_kernel(
-    QR, KR, V, s_vb, s_vt, s_vh, s_vp,
+    Q, s_qb, s_qt, s_qg, s_qn, K, s_kb, s_kt, s_kg, s_kn, QB, KB, s_bh, s_bn,
+    V, s_vb, s_vt, s_vh, s_vp,
     Z, s_zb, s_zt, s_zh, s_zp,
     OUT, s_ob, s_ot, s_oh, s_op,
     YPRE,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
-    D, OFFSET, STATES, CHUNKS,
-    seqlen, nchunks, chunks_per_seq, nheads, n_half, n_angles, headdim,
+    ANG, s_gb, s_gt, s_gh, s_ga,
+    D, OFFSET, STATES, CHUNKS, SUPER, SAVED_STATES, SAVED_OFFSET, SAVED_ATOT,
+    seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, d_state, n_angles,
+    headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr, CPP: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    STORE_YPRE: tl.constexpr, IEEE: tl.constexpr,
+    STORE_YPRE: tl.constexpr, SAVE: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
 ):
-    """Output of CPP consecutive chunks of one head; grid (chunks / CPP, H)."""
+    """Output of one super-chunk of one head, its chunks in order with the running state
+    in registers (in the super-chunk's local rotary frame); grid (super-chunks, H).
+
+    Per chunk: the masked "attention" inside the chunk plus ``exp(A_t) q_t S^T`` from the
+    state entering it, the D skip and the silu(z) gate. With SAVE, the state (global
+    frame), angle and total decay entering each chunk are stored for the backward pass.
+    """
+    g = tl.program_id(0)
     h = tl.program_id(1)
+    grp = h // heads_per_group
     offs_p = tl.arange(0, PB)
     mask_p = offs_p < headdim
     offs_i = tl.arange(0, NH)
-    m_st = mask_p[:, None] & (offs_i < n_half)[None, :]
+    mask_i = offs_i < d_state // 2
+    m_st = mask_p[:, None] & mask_i[None, :]
     idx = tl.arange(0, C)
+    dty = V.dtype.element_ty
     if HAS_D:
         d_skip = tl.load(D + h).to(tl.float32)
+
+    # The entering state, turned into the super-chunk's frame: R(-theta_c) per pair.
+    sup = g * nheads + h
+    st_ptr = offs_p[:, None] * d_state + offs_i[None, :]
+    ptr = STATES + sup.to(tl.int64) * headdim * d_state + st_ptr
+    st_e = tl.load(ptr, mask=m_st, other=0.0)
+    st_o = tl.load(ptr + d_state // 2, mask=m_st, other=0.0)
+    theta_c = tl.load(OFFSET + sup * n_angles + offs_i, mask=offs_i < n_angles, other=0.0)
+    cos_c = tl.cos(theta_c)[None, :]
+    sin_c = tl.sin(theta_c)[None, :]
+    s_e, s_o = _turn(st_e, st_o, cos_c, -sin_c)
+    ang = tl.zeros([NH], dtype=tl.float32)
     for j in range(CPP):
-        pid_c = tl.minimum(tl.program_id(0) * CPP + j, nchunks - 1)
-        row, start, end, seq_end = _chunk_bounds(pid_c, CHUNKS, seqlen, chunks_per_seq, C,
-                                                 IS_VARLEN)
-        offs_t = start + tl.arange(0, C)
+        row, start, end, seq_end, slot, valid = _sub_chunk(
+            g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+        offs_t = start + idx
         mask_t = offs_t < end
         row64 = row.to(tl.int64)
         adt, dt, lam, gamma, w = _load_gates(
             ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
             TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
         a_cum = tl.cumsum(adt, 0)
-        base = (row64 * nheads + h) * seqlen * (2 * n_half)
-        q_e, q_o = _load_tile(QR, base, offs_t, mask_t, n_half, NH)
-        k_e, k_o = _load_tile(KR, base, offs_t, mask_t, n_half, NH)
+        a_end = tl.sum(adt, 0)
+        if SAVE:  # noqa: SIM102 (a constexpr, then a run-time condition)
+            if valid:
+                ch = slot * nheads + h
+                g_e, g_o = _turn(s_e, s_o, cos_c, sin_c)
+                ptr = SAVED_STATES + ch.to(tl.int64) * headdim * d_state + st_ptr
+                tl.store(ptr, g_e, mask=m_st)
+                tl.store(ptr + d_state // 2, g_o, mask=m_st)
+                tl.store(SAVED_OFFSET + ch * n_angles + offs_i, _wrap(theta_c + ang),
+                         mask=offs_i < n_angles)
+                tl.store(SAVED_ATOT + ch, a_end)
+        cos, sin, ang = _local_angles(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
+                                      DT + row64 * s_db + h * s_dh, s_dt, ang, offs_t, mask_t,
+                                      n_angles, FAST, NH)
+        q_e, q_o = _load_qk(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
+                            offs_t, mask_t, d_state, cos, sin, C, NH)
+        k_e, k_o = _load_qk(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
+                            offs_t, mask_t, d_state, cos, sin, C, NH)
+        q_e, q_o, k_e, k_o = q_e.to(dty), q_o.to(dty), k_e.to(dty), k_o.to(dty)
         mask_tp = mask_t[:, None] & mask_p[None, :]
         v = tl.load(V + row64 * s_vb + h * s_vh + offs_t[:, None] * s_vt
                     + offs_p[None, :] * s_vp, mask=mask_tp, other=0.0)
-        dty = q_e.dtype
         scores = _dot(q_e, tl.trans(k_e), IEEE) + _dot(q_o, tl.trans(k_o), IEEE)
         diff = tl.minimum(a_cum[:, None] - a_cum[None, :], 0.0)
         weight = tl.where(idx[:, None] > idx[None, :], tl.exp(diff) * w[None, :],
                           tl.where(idx[:, None] == idx[None, :], gamma[:, None], 0.0))
         y = _dot((scores * weight).to(dty), v.to(dty), IEEE)
-
-        # The entering state, turned into the chunk's local frame: R(-theta_c) per pair.
-        ch = pid_c * nheads + h
-        ptr = (STATES + ch.to(tl.int64) * headdim * 2 * n_half + offs_p[:, None] * (2 * n_half)
-               + offs_i[None, :])
-        st_e = tl.load(ptr, mask=m_st, other=0.0)
-        st_o = tl.load(ptr + n_half, mask=m_st, other=0.0)
-        theta = tl.load(OFFSET + ch * n_angles + offs_i, mask=offs_i < n_angles, other=0.0)
-        cos = tl.cos(theta)[None, :]
-        sin = tl.sin(theta)[None, :]
-        loc_e = (st_e * cos + st_o * sin).to(dty)
-        loc_o = (st_o * cos - st_e * sin).to(dty)
-        y_state = _dot(q_e, tl.trans(loc_e), IEEE) + _dot(q_o, tl.trans(loc_o), IEEE)
+        y_state = (_dot(q_e, tl.trans(s_e.to(dty)), IEEE)
+                   + _dot(q_o, tl.trans(s_o.to(dty)), IEEE))
         y += y_state * tl.exp(a_cum)[:, None]
+        vf = v.to(tl.float32)
         if HAS_D:
-            y += d_skip * v.to(tl.float32)
+            y += d_skip * vf
         tok = offs_t[:, None] * s_ot + offs_p[None, :] * s_op
         o_off = row64 * s_ob + h * s_oh
         if STORE_YPRE:
@@ -389,3 +432,10 @@ def _chunk_scan_kernel(
                         + offs_p[None, :] * s_zp, mask=mask_tp, other=0.0).to(tl.float32)
             y = y * z * _sigmoid(z)
         tl.store(OUT + o_off + tok, y.to(OUT.dtype.element_ty), mask=mask_tp)
+
+        # The state entering the next chunk.
+        coef = tl.exp(a_end - a_cum) * w
+        vs = tl.trans((vf * coef[:, None]).to(dty))
+        decay = tl.exp(a_end)
+        s_e = s_e * decay + _dot(vs, k_e, IEEE)
+        s_o = s_o * decay + _dot(vs, k_o, IEEE)

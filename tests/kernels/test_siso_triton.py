@@ -105,8 +105,17 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=[1, 2, 4], ids=lambda n: f"{n}-chunks-per-program")
+def chunks_per_program(request, monkeypatch):
+    """Super-chunks of 1, 2 and 4 chunks (more than one per sequence in most shapes)."""
+    from mamba3_integrations.kernels import mamba3_siso_triton as triton_scan
+
+    monkeypatch.setitem(triton_scan.TUNING, "chunks_per_program", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_matches_reference(shape):
+def test_forward_matches_reference(shape, chunks_per_program):
     b, l, g, h, n, p, a, chunk, with_state = shape
     x, state = make_inputs(b, l, g, h, n, p, a, torch.float32)
     state = state if with_state else None
@@ -135,7 +144,7 @@ def test_forward_float16_without_d_and_z():
 
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]], ids=str)
-def test_backward_matches_reference(shape):
+def test_backward_matches_reference(shape, chunks_per_program):
     b, l, g, h, n, p, a, chunk, with_state = shape
     x, state = make_inputs(b, l, g, h, n, p, a, torch.float32, seed=1)
     state = state if with_state else None
@@ -148,7 +157,7 @@ def test_backward_matches_reference(shape):
         assert rel_err(grads[name], ref[name]) < 2e-5, name
 
 
-def test_packed_sequences_match_separate_ones():
+def test_packed_sequences_match_separate_ones(chunks_per_program):
     lens = [5, 40, 1, 17]
     cu = torch.tensor([0, 5, 45, 46, 63], dtype=torch.int32, device=DEVICE)
     x, state = make_inputs(1, sum(lens), 2, 4, 32, 16, 8, torch.float32, nstates=len(lens),
