@@ -256,7 +256,7 @@ def main() -> None:
         chunk = best["chunk"]
         siso.CHUNK_WARPS[chunk] = best["warps"]
         siso.TUNING["chunks_per_program"] = best["cpp"]
-        siso.TUNING["split_rope"] = best.get("split", False)
+        siso.TUNING["stages"] = best.get("stages", siso.TUNING["stages"])
         siso_step.STEP_WARPS = best["step_warps"]
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
