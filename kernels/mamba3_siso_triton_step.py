@@ -1,10 +1,15 @@
 """Triton kernel of the Mamba-3 SISO decode step: one launch per layer and token.
 
-One program per (sequence, head) does the angle update, the rotary of q and k, the state
-update ``h = alpha h + beta v_prev k_prev^T + gamma v k^T``, ``y = h q + D v`` and the
-``silu(z)`` gate. The state is read and written once, in its own dtype (float32 or
-bfloat16), computed in float32. The new state may overwrite the old one in place: each
-program reads its slice before writing it.
+The grid is (sequence, head, headdim block): each program updates ``PBLK`` rows of one
+head's state ``h = alpha h + beta v_prev k_prev^T + gamma v k^T`` and computes those rows
+of ``y = h q + D v`` with the ``silu(z)`` gate. Every program recomputes the (cheap)
+angle update and the rotary of q and k; small tiles keep few registers per thread and
+many programs (bytes) in flight, which is what a memory-bound step needs. The state is
+read and written once, in its own dtype (float32 or bfloat16), computed in float32.
+
+In place, the new angle and k overwrite the old ones that the head's other programs
+still read: a per-head arrival counter lets the last program of a head write them (and
+reset the counter), after every program of the head has read the old values.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from torch import Tensor
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
 
-STEP_WARPS = 4  # num_warps of the decode step
+# Launch settings of the step kernel: headdim rows per program and warps per program.
+STEP_CONFIG = {"pblk": 16, "num_warps": 4}
 
 
 @triton.jit
@@ -33,25 +39,51 @@ def _rotated(X, BIAS, offs_n, mask_n, cos, sin):
 
 
 @triton.jit
+def _last_arrival(COUNTER, bh, nsplit):
+    """True in the last of a head's ``nsplit`` programs to get here (then resets the
+    counter); the barrier orders this program's earlier loads before the atomic."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(COUNTER + bh, 1)
+    last = arrived == nsplit - 1
+    tl.atomic_xchg(COUNTER + bh, 0, mask=last)
+    return last
+
+
+@triton.jit
+def _update_rows(SSM, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
+                 alpha, beta_v_prev, gamma_v, k_prev, k, q):
+    """New state rows ``offs_p`` (stored) and their ``h q`` (returned)."""
+    m2 = mask_p[:, None] & mask_n[None, :]
+    ptr = ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+    ssm = tl.load(SSM + ptr, mask=m2, other=0.0).to(tl.float32)
+    ssm = alpha * ssm + beta_v_prev[:, None] * k_prev[None, :] + gamma_v[:, None] * k[None, :]
+    tl.store(SSM_OUT + ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
+    return tl.sum(ssm * q[None, :], 1)
+
+
+@triton.jit
 def _step_kernel(
     Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
     ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
     QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
     ANGLE, SSM, KPREV, VPREV,
-    ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y,
-    nheads, heads_per_group, d_state, headdim, n_angles,
-    NB: tl.constexpr, PB: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
+    nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
+    NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    SYNC: tl.constexpr,
 ):
-    """Grid (batch, H). Q, K (b, G, N); V, Z (b, H, P); gates (b, H); Angles (b, H, A);
-    biases (H, N); the last axis of each has stride 1. States are contiguous: angle
-    (b, H, A), ssm (b, H, P, N), k (b, H, N), v (b, H, P).
+    """Grid (batch, H, cdiv(P, PBLK)). Q, K (b, G, N); V, Z (b, H, P); gates (b, H);
+    Angles (b, H, A); biases (H, N); the last axis of each has stride 1. States are
+    contiguous: angle (b, H, A), ssm (b, H, P, N), k (b, H, N), v (b, H, P). ``SYNC``
+    (in place with several programs per head): the last program writes angle and k.
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
+    pb = tl.program_id(2)
     bh = b.to(tl.int64) * nheads + h
     offs_n = tl.arange(0, NB)
     mask_n = offs_n < d_state
-    offs_p = tl.arange(0, PB)
+    offs_p = pb * PBLK + tl.arange(0, PBLK)
     mask_p = offs_p < headdim
 
     dt = tl.load(DT + b * s_dtb + h * s_dth).to(tl.float32)
@@ -63,54 +95,76 @@ def _step_kernel(
     ang = tl.load(ANG + b * s_ab + h * s_ah + pair, mask=mask_a, other=0.0).to(tl.float32)
     theta = _wrap(tl.load(ANGLE + bh * n_angles + pair, mask=mask_a, other=0.0)
                   + _tanh(ang) * PI * dt)
-    tl.store(ANGLE_OUT + bh * n_angles + pair, theta, mask=mask_a & (offs_n % 2 == 0))
     cos = tl.cos(theta)
     sin = tl.sin(theta)
     grp = (h // heads_per_group).to(tl.int64)
     q = _rotated(Q + b * s_qb + grp * s_qg, QB + h * s_qbh, offs_n, mask_n, cos, sin)
     k = _rotated(K + b * s_kb + grp * s_kg, KB + h * s_kbh, offs_n, mask_n, cos, sin)
-
     k_prev = tl.load(KPREV + bh * d_state + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     v_prev = tl.load(VPREV + bh * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
     v_raw = tl.load(V + b * s_vb + h * s_vh + offs_p, mask=mask_p, other=0.0)
     v = v_raw.to(tl.float32)
-    m2 = mask_p[:, None] & mask_n[None, :]
-    ssm_ptr = bh * headdim * d_state + offs_p[:, None] * d_state + offs_n[None, :]
-    ssm = tl.load(SSM + ssm_ptr, mask=m2, other=0.0).to(tl.float32)
 
     alpha = tl.exp(adt)
     beta = (1.0 - lam) * dt * alpha
-    gamma = lam * dt
-    ssm = (alpha * ssm + (beta * v_prev)[:, None] * k_prev[None, :]
-           + (gamma * v)[:, None] * k[None, :])
-    y = tl.sum(ssm * q[None, :], 1)
+    y = _update_rows(SSM, SSM_OUT, bh * headdim * d_state, offs_p, mask_p, offs_n, mask_n,
+                     d_state, alpha, beta * v_prev, lam * dt * v, k_prev, k, q)
     if HAS_D:
         y += tl.load(D + h).to(tl.float32) * v
     if HAS_Z:
         z = tl.load(Z + b * s_zb + h * s_zh + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         y = y * z * _sigmoid(z)
-
-    tl.store(SSM_OUT + ssm_ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
-    tl.store(K_OUT + bh * d_state + offs_n, k.to(K_OUT.dtype.element_ty), mask=mask_n)
     tl.store(V_OUT + bh * headdim + offs_p, v_raw.to(V_OUT.dtype.element_ty), mask=mask_p)
     tl.store(Y + bh * headdim + offs_p, y.to(Y.dtype.element_ty), mask=mask_p)
 
+    if SYNC:
+        writer = _last_arrival(COUNTER, bh, nsplit).to(tl.int32)
+    else:
+        writer = (pb == 0).to(tl.int32)
+    writer = (tl.zeros_like(offs_n) + writer) != 0
+    tl.store(ANGLE_OUT + bh * n_angles + pair, theta, mask=mask_a & (offs_n % 2 == 0) & writer)
+    tl.store(K_OUT + bh * d_state + offs_n, k.to(K_OUT.dtype.element_ty), mask=mask_n & writer)
+
+
+_COUNTERS: dict[torch.device, Tensor] = {}
+
+
+def arrival_counters(device: torch.device, n: int) -> Tensor:
+    """Zeroed int32 counters (at least ``n``) shared by the step kernels of a device; the
+    kernels leave them at zero. Allocate before capturing a CUDA graph (warm-up)."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < n:
+        counters = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
+
+
+def step_split(headdim: int, pblk: int | None = None) -> tuple[int, int]:
+    """(PBLK, number of programs per head) for ``headdim``."""
+    pb = min(pblk or STEP_CONFIG["pblk"], triton.next_power_of_2(headdim))
+    return pb, triton.cdiv(headdim, pb)
+
 
 def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
-                num_warps: int = 4) -> None:
+                pblk: int | None = None, num_warps: int | None = None) -> None:
     """Run the step kernel; ``state`` and ``out_state`` (may alias) are contiguous tuples."""
     batch, nheads, headdim = V.shape
     ngroups, d_state = Q.shape[1], Q.shape[2]
     n_angles = Angles.shape[2]
+    pb, nsplit = step_split(headdim, pblk)
+    sync = nsplit > 1 and any(a.data_ptr() == o.data_ptr()
+                              for a, o in zip(state, out_state, strict=True))
+    counters = arrival_counters(V.device, batch * nheads) if sync else y
     zs = (Z.stride(0), Z.stride(1)) if Z is not None else (0, 0)
-    _step_kernel[(batch, nheads)](
+    _step_kernel[(batch, nheads, nsplit)](
         Q, *Q.stride()[:2], K, *K.stride()[:2], V, *V.stride()[:2], Z, *zs,
         ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride(),
         Q_bias, Q_bias.stride(0), K_bias, K_bias.stride(0), Angles, *Angles.stride()[:2], D,
-        *state, *out_state, y,
-        nheads, nheads // ngroups, d_state, headdim, n_angles,
-        NB=triton.next_power_of_2(d_state), PB=triton.next_power_of_2(headdim),
-        HAS_D=D is not None, HAS_Z=Z is not None, num_warps=num_warps,
+        *state, *out_state, y, counters,
+        nheads, nheads // ngroups, d_state, headdim, n_angles, nsplit,
+        NB=triton.next_power_of_2(d_state), PBLK=pb,
+        HAS_D=D is not None, HAS_Z=Z is not None, SYNC=sync,
+        num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
 
 
@@ -124,13 +178,12 @@ def mamba3_step_triton(
     Z: Tensor | None = None, inplace: bool = False,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
-    writes the new state over ``state`` (each program reads its slice before writing)."""
+    writes the new state over ``state`` (see the module docstring for how)."""
     if inplace and not all(s.is_contiguous() for s in state):
         raise ValueError("an in-place decode step needs contiguous state tensors")
     state = tuple(s.contiguous() for s in state)
     out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
     Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
     y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
-    launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
-                     num_warps=STEP_WARPS)
+    launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y)
     return y, out_state

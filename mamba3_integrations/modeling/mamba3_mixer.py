@@ -15,6 +15,11 @@ from mamba3_integrations.kernels import (
     mamba3_scan,
     mamba3_step,
 )
+from mamba3_integrations.kernels.mamba3_siso_fused_step import (
+    SisoStepWeights,
+    fused_step_supported,
+    mamba3_fused_step_triton,
+)
 from mamba3_integrations.modeling.cache import Mamba3LayerCache
 from mamba3_integrations.modeling.norms import GatedRMSNorm, RMSNorm, rms_norm
 
@@ -186,8 +191,25 @@ class Mamba3Mixer(nn.Module):
             y = result
         return self._output(y, p["z"], u.dtype)
 
+    def step_weights(self) -> SisoStepWeights:
+        """The parameters the fused SISO decode step reads."""
+        return SisoStepWeights(
+            nheads=self.nheads, headdim=self.headdim, d_state=self.d_state,
+            ngroups=self.ngroups, n_angles=self.n_angles, A_floor=self.A_floor,
+            dt_bias=self.dt_bias, B_norm=self.B_norm.weight, C_norm=self.C_norm.weight,
+            B_bias=self.B_bias[:, 0], C_bias=self.C_bias[:, 0], D=self.D,
+            norm=self.norm.weight if self.is_outproj_norm else None,
+        )
+
     def step(self, u: Tensor, cache: Mamba3LayerCache) -> Tensor:
-        """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place."""
+        """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place.
+
+        SISO on CUDA: ``in_proj``, one fused kernel (``mamba3_fused_step``: everything
+        between the projections, state update included), ``out_proj``."""
+        if not self.is_mimo and fused_step_supported(self.in_proj.weight, self.step_weights()):
+            state = (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
+            y = mamba3_fused_step_triton(self.in_proj(u), state, self.step_weights())
+            return self.out_proj(y.to(u.dtype))
         p = self._project(u)
         if self.is_mimo:
             y, _ = mamba3_mimo_step(**self._mimo_args(p), ADT=p["ADT"], DT=p["DT"],

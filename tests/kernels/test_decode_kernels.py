@@ -1,0 +1,112 @@
+"""Decode kernels against their PyTorch twins on small awkward shapes: the split SISO step,
+the fused mixer step (and the mixer's decode with it against the unfused one).
+
+Without CUDA the kernels run under Triton's interpreter (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton defines any kernel
+
+tl = pytest.importorskip("triton.language")
+
+from mamba3_integrations.kernels import mamba3_siso_triton_step as step_mod  # noqa: E402
+from mamba3_integrations.kernels.mamba3_siso_fused_step import (  # noqa: E402
+    mamba3_fused_step_reference,
+    mamba3_fused_step_triton,
+)
+from mamba3_integrations.kernels.mamba3_siso_reference import mamba3_step_reference  # noqa: E402
+from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer  # noqa: E402
+from tests.kernels.test_siso_triton import STATE, make_inputs, rel_err  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+if not CUDA and type(tl.sum).__name__ != "InterpretedFunction":
+    pytest.skip("Triton was imported before TRITON_INTERPRET=1 was set: run "
+                "`TRITON_INTERPRET=1 pytest tests/kernels`", allow_module_level=True)
+
+
+@pytest.mark.parametrize("pblk,num_warps", [(4, 1), (8, 2), (32, 4)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_split_step_matches_reference(pblk, num_warps, inplace):
+    """headdim 20 in blocks of 4, 8 (a partial block) or one block; in place, the last
+    program of a head writes angle and k, and leaves the arrival counters at zero."""
+    x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=11)
+    want_y, want = mamba3_step_reference(**x, state=state)
+    mine = tuple(s.clone() for s in state)
+    out = mine if inplace else tuple(torch.empty_like(s) for s in mine)
+    y = torch.empty_like(x["V"])
+    step_mod.launch_step(x["Q"], x["K"], x["V"], x["ADT"], x["DT"], x["Trap"], x["Q_bias"],
+                         x["K_bias"], x["Angles"].contiguous(), x["D"], x["Z"], mine, out, y,
+                         pblk=pblk, num_warps=num_warps)
+    assert rel_err(y, want_y) < 1e-5
+    for name, got, ref in zip(STATE, out, want, strict=True):
+        assert rel_err(got, ref) < 1e-5, name
+    counters = step_mod._COUNTERS.get(torch.device(DEVICE))
+    assert counters is None or not counters.any()
+
+
+def make_mixer(dtype, ngroups=2, is_outproj_norm=False, headdim=12, d_state=14, seed=0):
+    torch.manual_seed(seed)
+    mixer = Mamba3Mixer(24, d_state=d_state, expand=2, headdim=headdim, ngroups=ngroups,
+                        is_outproj_norm=is_outproj_norm, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        for p in (mixer.B_bias, mixer.C_bias, mixer.D, mixer.B_norm.weight,
+                  mixer.C_norm.weight, mixer.dt_bias):
+            p.add_(torch.randn_like(p) * 0.3)
+        if is_outproj_norm:
+            mixer.norm.weight.add_(torch.randn_like(mixer.norm.weight) * 0.3)
+    return mixer
+
+
+def random_cache(mixer, batch, seed):
+    cache = mixer.allocate_cache(batch)
+    g = torch.Generator().manual_seed(seed)
+    for t in cache.as_tuple():
+        t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
+    return cache
+
+
+@pytest.mark.parametrize("is_outproj_norm", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_step_matches_reference(is_outproj_norm, dtype):
+    mixer = make_mixer(dtype, is_outproj_norm=is_outproj_norm)
+    w = mixer.step_weights()
+    g = torch.Generator().manual_seed(3)
+    zx = (torch.randn(3, mixer.in_proj.out_features, generator=g) * 2).to(DEVICE, dtype)
+    zx[0, -mixer.n_angles - 3 * mixer.nheads] = 30.0  # softplus above its threshold
+    zx[1, -mixer.n_angles - 2 * mixer.nheads] = 2.5  # dd_A >= 0
+    ref_state = random_cache(mixer, 3, 5)
+    state = random_cache(mixer, 3, 5)
+    want = mamba3_fused_step_reference(
+        zx, (ref_state.angle, ref_state.ssm, ref_state.k[:, 0], ref_state.v), w)
+    got = mamba3_fused_step_triton(zx, (state.angle, state.ssm, state.k[:, 0], state.v), w,
+                                   pblk=4, num_warps=2)
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    assert rel_err(got, want) < tol
+    for name, a, b in zip(STATE, state.as_tuple(), ref_state.as_tuple(), strict=True):
+        assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.parametrize("is_outproj_norm", [False, True])
+def test_mixer_fused_step_equals_unfused(monkeypatch, is_outproj_norm):
+    """Three decode steps of the mixer: the fused kernel against the unfused path."""
+    mixer = make_mixer(torch.float32, ngroups=1, is_outproj_norm=is_outproj_norm, headdim=16,
+                       d_state=16)
+    u = torch.randn(4, 2, 24, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    caches = {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
+        cache = random_cache(mixer, 2, 9)
+        caches[fused] = ([mixer.step(u[t], cache) for t in range(4)], cache)
+    (want, want_cache), (got, got_cache) = caches["0"], caches["1"]
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) < 1e-5
+    for name, a, b in zip(STATE, got_cache.as_tuple(), want_cache.as_tuple(), strict=True):
+        assert rel_err(a, b) < 1e-5, name
