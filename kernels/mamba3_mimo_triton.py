@@ -1,8 +1,9 @@
 """Mamba-3 MIMO chunked scan on CUDA through Triton (forward, backward, states, varlen).
 
 ``mamba3_mimo_scan_triton`` computes what ``mamba3_mimo_scan_reference`` computes (the
-oracle). The forward is one fused kernel from the raw inputs (bias, rotary, rank values,
-D, headwise norm, gate and ``MIMO_O`` included). The backward recomputes the cheap
+oracle). The forward is chunk-parallel (``mamba3_mimo_triton_fwd``: chunk states, state
+passing, chunk scan) from the raw inputs (bias, rotary, rank values, D, headwise norm,
+gate and ``MIMO_O`` fused). The backward recomputes the cheap
 per-token preprocessing with autograd (``mimo_inputs``), runs two Triton sweeps over
 the chunks for the scan itself and lets autograd finish the chain rule.
 Final states are not differentiable (as in the official kernels); the initial state is.
@@ -11,6 +12,7 @@ Final states are not differentiable (as in the official kernels); the initial st
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -23,10 +25,14 @@ from mamba3_integrations.kernels.mamba3_mimo_reference import (
     sequence_args,
     sequence_segments,
 )
-from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import (
+from mamba3_integrations.kernels.mamba3_mimo_triton_bwd import (
     _mimo_bwd_dkv_kernel,
     _mimo_bwd_dq_kernel,
-    _mimo_fwd_kernel,
+)
+from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import (
+    _mimo_chunk_scan_kernel,
+    _mimo_chunk_state_kernel,
+    _mimo_state_pass_kernel,
     kernel_blocks,
 )
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
@@ -70,11 +76,41 @@ def _start_state(V: Tensor, DT: Tensor, Trap: Tensor, MIMO_V: Tensor,
     if cu is None:
         dt, trap = DT[:, :, 0], Trap[:, :, 0]
     else:
-        first = cu[:-1].long()
+        first = cu[:-1].long().clamp(max=DT.shape[-1] - 1)
         dt, trap = DT[0][:, first].T, Trap[0][:, first].T
+        dt = dt * (cu[1:] > cu[:-1])[:, None]  # an empty sequence adds nothing
     dt, lam = dt.float(), torch.sigmoid(trap.float())
     prev = torch.einsum("bhp,hrp,brhn->bhpn", v0.float(), MIMO_V.float(), k0.float())
     return (ssm0.float() + ((1 - lam) * dt)[..., None, None] * prev).contiguous()
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """Tiles of the forward: ``rows`` (tokens x padded rank) per sub-chunk, ``chunk``
+    tokens per state chunk (rounded down to whole sub-chunks), the warps of the chunk scan
+    and chunk state kernels, and ``pass_rows`` state rows per state-passing program."""
+
+    rows: int = 64
+    chunk: int = 128
+    num_warps: int = 4
+    state_warps: int = 4
+    pass_rows: int = 16
+
+
+DEFAULT_CONFIG = FwdConfig()
+
+
+def _chunk_table(cu: Tensor, chunk: int) -> tuple[Tensor, Tensor, int]:
+    """Packed sequences: the (n, 4) int32 table ``(sequence, start, end, sequence end)`` of
+    their chunks (none straddles two sequences), each sequence's first chunk (nseq + 1,)
+    and the chunk count. One host sync."""
+    bounds = cu.tolist()
+    rows, firsts = [], [0]
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        rows.extend((i, s, min(s + chunk, hi), hi) for s in range(lo, hi, chunk))
+        firsts.append(len(rows))
+    table = torch.tensor(rows or [(0, 0, 0, 0)], dtype=torch.int32).to(cu.device)
+    return table, torch.tensor(firsts, dtype=torch.int32).to(cu.device), len(rows)
 
 
 def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor,
@@ -82,20 +118,27 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
              MIMO_O: Tensor | None, D: Tensor | None, Z: Tensor | None,
              MIMO_Z: Tensor | None, Norm_Weight: Tensor | None,
              initial_state: Mamba3State | None, return_state: bool, cu: Tensor | None,
-             out_dtype: torch.dtype, rows: int = 64, num_warps: int = 8,
-             ) -> tuple[Tensor, Mamba3State | None]:
-    """Launch the fused forward (``rows`` per chunk: tokens times padded rank); returns
-    ``(out, final_state or None)``."""
+             out_dtype: torch.dtype, rows: int | None = None, num_warps: int | None = None,
+             config: FwdConfig | None = None) -> tuple[Tensor, Mamba3State | None]:
+    """Launch the chunk-parallel forward (chunk states, state passing, chunk scan); returns
+    ``(out, final_state or None)``. ``rows``/``num_warps`` override ``config``'s (default
+    ``DEFAULT_CONFIG``)."""
+    config = config or DEFAULT_CONFIG
+    if rows is not None or num_warps is not None:
+        config = replace(config, rows=rows or config.rows,
+                         num_warps=num_warps or config.num_warps)
     batch, seqlen, rank, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[2], V.shape[3]
     n_angles = Angles.shape[3]
     nseq = _seq_count(batch, seqlen, cu)
+    if K.stride() != Q.stride():  # the kernels address Q and K with one set of strides
+        Q, K = Q.contiguous(), K.contiguous()
     dev = V.device
     f32 = {"device": dev, "dtype": torch.float32}
     scalars = [t.contiguous() for t in (ADT, DT, Trap)]
-    params = [t.contiguous() for t in (Q_bias, K_bias, MIMO_V)]
     dummy = torch.empty(1, **f32)
     opt = [t.contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O, D, Norm_Weight)]
+    qb, kb, mv = (t.contiguous() for t in (Q_bias, K_bias, MIMO_V))
     start = _start_state(V, DT, Trap, MIMO_V, initial_state, cu)
     angle0 = (initial_state[0].float().contiguous() if initial_state is not None
               else torch.zeros(nseq, nheads, n_angles, **f32))
@@ -112,26 +155,59 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     else:
         fin_angle = fin_ssm = fin_k = dummy
     z = Z if Z is not None else V
+    in_dtype = V.dtype if V.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    bp = max(16, triton.next_power_of_2(headdim))
+    common = dict(IS_VARLEN=cu is not None, PRECISION=_precision(V))
 
     def kernel(chunk_rows: int) -> None:
         ct, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
-        _mimo_fwd_kernel[(nheads, nseq)](
-            Q, K, V, z, Angles, *scalars, *params, *opt,
-            start if start is not None else dummy, angle0, cu if cu is not None else dummy,
-            out, fin_angle, fin_ssm, fin_k,
-            seqlen, rank, nheads // ngroups, headdim, d_state // 2, n_angles, NORM_EPS,
-            *Q.stride(), *V.stride(), *z.stride(), *Angles.stride(), *so, nheads,
-            CT=ct, RP=rp, BH=bh, BP=max(16, triton.next_power_of_2(headdim)),
-            HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None,
-            REDUCE_O=reduce_o, HAS_START=start is not None, RETURN_STATE=return_state,
-            IS_VARLEN=cu is not None, PRECISION=_precision(V), num_warps=num_warps,
-        )
+        chunk = max(ct, config.chunk // ct * ct)
+        if cu is None:
+            cps = triton.cdiv(seqlen, chunk)
+            table = seq_chunk = dummy
+            nchunks = batch * cps
+        else:
+            cps = 0
+            table, seq_chunk, nchunks = _chunk_table(cu, chunk)
+        states = torch.empty(max(nchunks, 1), nheads, headdim, d_state, **f32)
+        a_tot = torch.empty(max(nchunks, 1), nheads, **f32)
+        a_inc = torch.empty(max(nchunks, 1), nheads, n_angles, **f32)
+        s_in = torch.empty_like(states, dtype=in_dtype)
+        theta = torch.empty_like(a_inc)
+        blocks = dict(CHUNK=chunk, CT=ct, RP=rp, BH=bh, BP=bp, **common)
+        if nchunks:
+            _mimo_chunk_state_kernel[(nchunks, nheads)](
+                K, V, Angles, *scalars, kb, mv, table, states, a_tot, a_inc,
+                seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
+                *K.stride(), *V.stride(), *Angles.stride()[:3], **blocks,
+                num_warps=config.state_warps)
+        rb = min(config.pass_rows, bp)
+        _mimo_state_pass_kernel[(nseq, nheads, triton.cdiv(headdim, rb))](
+            states, a_tot, a_inc, start if start is not None else dummy, angle0, seq_chunk,
+            s_in, theta, fin_ssm, fin_angle, cps, nheads, headdim, d_state // 2, n_angles,
+            RB=rb, BH=bh, HAS_START=start is not None, RETURN_STATE=return_state,
+            IS_VARLEN=cu is not None, num_warps=4)
+        if nchunks:
+            _mimo_chunk_scan_kernel[(nchunks, nheads)](
+                Q, K, V, z, Angles, *scalars, qb, kb, mv, *opt, s_in, theta, table,
+                out, fin_k,
+                seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
+                NORM_EPS, *Q.stride(), *V.stride(), *z.stride(), *Angles.stride()[:3], *so,
+                HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None,
+                REDUCE_O=reduce_o, RETURN_STATE=return_state, **blocks,
+                num_warps=config.num_warps)
 
-    _launch(kernel, rows)
+    _launch(kernel, config.rows)
     if not return_state:
         return out, None
-    last = V[0, cu[1:].long() - 1] if cu is not None else V[:, -1]
-    return out, (fin_angle, fin_ssm, fin_k, last.contiguous())
+    if cu is None:
+        return out, (fin_angle, fin_ssm, fin_k, V[:, -1].contiguous())
+    last = V[0, (cu[1:].long() - 1).clamp(min=0)]
+    empty = (cu[1:] == cu[:-1])[:, None, None]  # empty sequences keep their k and v
+    k0, v0 = ((initial_state[2], initial_state[3]) if initial_state is not None
+              else (torch.zeros_like(fin_k), torch.zeros_like(last)))
+    fin_k = torch.where(empty[:, None], k0.to(fin_k.dtype), fin_k)
+    return out, (fin_angle, fin_ssm, fin_k, torch.where(empty, v0.to(last.dtype), last))
 
 
 def _prepare(args: dict, initial_state: Mamba3State | None, cu: Tensor | None):

@@ -1,8 +1,9 @@
 """Fused Mamba-3 MIMO decode step on CUDA through Triton: one launch per layer and token.
 
-One program per (head, batch row) reads the (P, N) state once, adds the previous and
-the new token's outer products of every rank, produces the gated, rank-contracted
-output and writes the new state (optionally in place). Computes what
+One program per (head, batch row) reads the (P, N) state once (one tile, natural order),
+adds the previous and the new token's outer products rank by rank, produces the gated,
+rank-contracted output (one row reduction per rank) and writes the new state
+(optionally in place). Computes what
 ``mamba3_mimo_step_reference`` computes, with the pairing (n, n + N/2) for every N.
 """
 
@@ -13,39 +14,47 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mamba3_integrations.kernels.mamba3_mimo_triton_kernels import PI, TWO_PI, _tanh
+from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import PI, TWO_PI, _tanh
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 NORM_EPS = 1e-5
+STEP_WARPS = 4  # num_warps of the decode step
 
 
 @triton.jit
-def _rotated(X, XB, x_at, bias_at, n, half, mask, cos, sin):
-    """Low and high halves of ``rot(X + bias)`` (float32)."""
-    lo = tl.load(X + x_at + n, mask=mask, other=0.0).to(tl.float32)
-    hi = tl.load(X + x_at + half + n, mask=mask, other=0.0).to(tl.float32)
-    lo += tl.load(XB + bias_at + n, mask=mask, other=0.0).to(tl.float32)
-    hi += tl.load(XB + bias_at + half + n, mask=mask, other=0.0).to(tl.float32)
-    return lo * cos - hi * sin, lo * sin + hi * cos
+def _rotated(X, x_at, XB, bias_at, n, partner, n_ok, cos, sin):
+    """``rot(X + bias)`` (float32) in natural order: entry n pairs with ``partner``
+    (n +- N/2); ``sin`` carries the sign of the pair's half."""
+    x = tl.load(X + x_at + n, mask=n_ok, other=0.0).to(tl.float32)
+    x += tl.load(XB + bias_at + n, mask=n_ok, other=0.0).to(tl.float32)
+    xp = tl.load(X + x_at + partner, mask=n_ok, other=0.0).to(tl.float32)
+    xp += tl.load(XB + bias_at + partner, mask=n_ok, other=0.0).to(tl.float32)
+    return x * cos + xp * sin
 
 
 @triton.jit
 def _mimo_step_kernel(
     Q, K, V, Z, ANG, ADT, DT, TRAP, QB, KB, MV, MZ, MO, DSKIP, NW,
     ANGLE, SSM, KST, VST, ANGLE_OUT, SSM_OUT, KST_OUT, VST_OUT, OUT,
-    nheads, heads_per_group, headdim, half, n_angles, eps,
+    nheads, heads_per_group, headdim, d_state, n_angles, eps,
     sq_b, sq_r, sq_g, sv_b, sv_h, sz_b, sz_h, sa_b, sa_h, ss_b, ss_h, ss_p,
     sk_b, sk_r, sk_h, sx_b, sx_h, st_b, st_h, so_b, so_h,
-    R: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, HAS_D: tl.constexpr,
+    R: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
 ):
-    """ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states by strides
-    (the output state tensors may be the input ones)."""
+    """Grid (H, batch). ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states
+    by strides (the output state tensors may be the input ones). The (P, N) state is one
+    tile in natural order; the ranks are a loop of rank-1 updates and row reductions."""
     h = tl.program_id(0)
     b = tl.program_id(1)
     g = h // heads_per_group
-    n = tl.arange(0, BH)
-    n_ok = n < half
+    half = d_state // 2
+    n = tl.arange(0, BN)
+    n_ok = n < d_state
+    low = n < half
+    partner = tl.where(low, n + half, n - half)
+    pair = tl.where(low, n, n - half)
+    rotated = n_ok & (pair < n_angles)
     p = tl.arange(0, BP)
     p_ok = p < headdim
     state_mask = p_ok[:, None] & n_ok[None, :]
@@ -57,32 +66,27 @@ def _mimo_step_kernel(
     beta = (1 - lam) * dt * alpha
     gamma = lam * dt
 
-    angle_ok = n < n_angles
-    theta = tl.load(ANGLE + b * st_b + h * st_h + n, mask=angle_ok, other=0.0)
-    ang = tl.load(ANG + b * sa_b + h * sa_h + n, mask=angle_ok, other=0.0).to(tl.float32)
+    theta = tl.load(ANGLE + b * st_b + h * st_h + pair, mask=rotated, other=0.0)
+    ang = tl.load(ANG + b * sa_b + h * sa_h + pair, mask=rotated, other=0.0).to(tl.float32)
     theta += _tanh(ang) * dt * PI
     theta = theta - TWO_PI * tl.floor(theta / TWO_PI)
-    cos = tl.cos(theta)
-    sin = tl.sin(theta)
+    cos = tl.where(rotated, tl.cos(theta), 1.0)
+    sin = tl.where(rotated, tl.sin(theta), 0.0) * tl.where(low, -1.0, 1.0)
 
     x = tl.load(V + b * sv_b + h * sv_h + p, mask=p_ok, other=0.0).to(tl.float32)
     x_prev = tl.load(VST + b * sx_b + h * sx_h + p, mask=p_ok, other=0.0).to(tl.float32)
     state_at = b * ss_b + h * ss_h + p[:, None] * ss_p + n[None, :]
-    s_lo = alpha * tl.load(SSM + state_at, mask=state_mask, other=0.0).to(tl.float32)
-    s_hi = alpha * tl.load(SSM + state_at + half, mask=state_mask, other=0.0).to(tl.float32)
+    s = alpha * tl.load(SSM + state_at, mask=state_mask, other=0.0).to(tl.float32)
 
     # State: beta * sum_r v'_r k'_r^T (previous token) + gamma * sum_r v_r k_r^T.
     for r in tl.static_range(R):
         mx = tl.load(MV + (h * R + r) * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
-        k_at = b * sk_b + r * sk_r + h * sk_h
-        kp_lo = tl.load(KST + k_at + n, mask=n_ok, other=0.0).to(tl.float32)
-        kp_hi = tl.load(KST + k_at + half + n, mask=n_ok, other=0.0).to(tl.float32)
-        k_lo, k_hi = _rotated(K, KB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
-                              n, half, n_ok, cos, sin)
-        vp = (beta * x_prev * mx)[:, None]
-        vn = (gamma * x * mx)[:, None]
-        s_lo += vp * kp_lo[None, :] + vn * k_lo[None, :]
-        s_hi += vp * kp_hi[None, :] + vn * k_hi[None, :]
+        k_prev = tl.load(KST + b * sk_b + r * sk_r + h * sk_h + n, mask=n_ok,
+                         other=0.0).to(tl.float32)
+        k = _rotated(K, b * sq_b + r * sq_r + g * sq_g, KB, (h * R + r) * d_state, n, partner,
+                     n_ok, cos, sin)
+        s += ((beta * x_prev * mx)[:, None] * k_prev[None, :]
+              + (gamma * x * mx)[:, None] * k[None, :])
 
     # Output: per rank y_r = S q_r + D v_r, norm, gate, contract with MIMO_O.
     if HAS_D:
@@ -94,9 +98,9 @@ def _mimo_step_kernel(
     out = tl.zeros((BP,), dtype=tl.float32)
     for r in tl.static_range(R):
         proj_at = (h * R + r) * headdim + p
-        q_lo, q_hi = _rotated(Q, QB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
-                              n, half, n_ok, cos, sin)
-        y = tl.sum(s_lo * q_lo[None, :], 1) + tl.sum(s_hi * q_hi[None, :], 1)
+        q = _rotated(Q, b * sq_b + r * sq_r + g * sq_g, QB, (h * R + r) * d_state, n, partner,
+                     n_ok, cos, sin)
+        y = tl.sum(s * q[None, :], 1)
         if HAS_D:
             y += d_skip * x * tl.load(MV + proj_at, mask=p_ok, other=0.0).to(tl.float32)
         if HAS_NORM:
@@ -108,16 +112,14 @@ def _mimo_step_kernel(
     tl.store(OUT + b * so_b + h * so_h + p, out.to(OUT.dtype.element_ty), mask=p_ok)
 
     tl.debug_barrier()  # every read of the old state is done before it is overwritten
+    tl.store(SSM_OUT + state_at, s.to(SSM_OUT.dtype.element_ty), mask=state_mask)
     for r in tl.static_range(R):
-        k_lo, k_hi = _rotated(K, KB, b * sq_b + r * sq_r + g * sq_g, (h * R + r) * 2 * half,
-                              n, half, n_ok, cos, sin)
-        k_at = b * sk_b + r * sk_r + h * sk_h
-        tl.store(KST_OUT + k_at + n, k_lo.to(KST_OUT.dtype.element_ty), mask=n_ok)
-        tl.store(KST_OUT + k_at + half + n, k_hi.to(KST_OUT.dtype.element_ty), mask=n_ok)
-    tl.store(SSM_OUT + state_at, s_lo.to(SSM_OUT.dtype.element_ty), mask=state_mask)
-    tl.store(SSM_OUT + state_at + half, s_hi.to(SSM_OUT.dtype.element_ty), mask=state_mask)
+        k = _rotated(K, b * sq_b + r * sq_r + g * sq_g, KB, (h * R + r) * d_state, n, partner,
+                     n_ok, cos, sin)
+        tl.store(KST_OUT + b * sk_b + r * sk_r + h * sk_h + n, k.to(KST_OUT.dtype.element_ty),
+                 mask=n_ok)
     tl.store(VST_OUT + b * sx_b + h * sx_h + p, x.to(VST_OUT.dtype.element_ty), mask=p_ok)
-    tl.store(ANGLE_OUT + b * st_b + h * st_h + n, theta, mask=angle_ok)
+    tl.store(ANGLE_OUT + b * st_b + h * st_h + pair, theta, mask=rotated & low)
 
 
 def mamba3_mimo_step_triton(
@@ -125,7 +127,7 @@ def mamba3_mimo_step_triton(
     Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
     state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
     MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
-    num_warps: int = 8,
+    num_warps: int | None = None,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments and results as ``mamba3_mimo_step``."""
     batch, rank, ngroups, d_state = Q.shape
@@ -151,14 +153,14 @@ def mamba3_mimo_step_triton(
             raise ValueError("Q, K, V, Z and Angles must be contiguous in their last axis")
     _mimo_step_kernel[(nheads, batch)](
         Q, K, V, z, Angles, *scalars, *params, *opt, *state, *new, out,
-        nheads, nheads // ngroups, headdim, d_state // 2, Angles.shape[-1], NORM_EPS,
+        nheads, nheads // ngroups, headdim, d_state, Angles.shape[-1], NORM_EPS,
         Q.stride(0), Q.stride(1), Q.stride(2), V.stride(0), V.stride(1), z.stride(0),
         z.stride(1), Angles.stride(0), Angles.stride(1), ssm.stride(0), ssm.stride(1),
         ssm.stride(2), k_state.stride(0), k_state.stride(1), k_state.stride(2),
         v_state.stride(0), v_state.stride(1), angle.stride(0), angle.stride(1),
         out.stride(0), out.stride(1),
-        R=rank, BH=max(16, triton.next_power_of_2(d_state // 2)),
+        R=rank, BN=max(16, triton.next_power_of_2(d_state)),
         BP=max(16, triton.next_power_of_2(headdim)), HAS_D=D is not None, HAS_Z=Z is not None,
-        HAS_NORM=Norm_Weight is not None, num_warps=num_warps,
+        HAS_NORM=Norm_Weight is not None, num_warps=num_warps or STEP_WARPS,
     )
     return out, tuple(new)

@@ -20,12 +20,17 @@ if not torch.cuda.is_available() and type(tl.sum).__name__ != "InterpretedFuncti
     pytest.skip("Triton was imported before TRITON_INTERPRET=1 was set: run "
                 "`TRITON_INTERPRET=1 pytest tests`", allow_module_level=True)
 
-from mamba3_integrations.kernels import mamba3_mimo_scan, mamba3_mimo_step  # noqa: E402
+from mamba3_integrations.kernels import (  # noqa: E402
+    mamba3_mimo_scan,
+    mamba3_mimo_step,
+    mamba3_mimo_triton,
+)
 from mamba3_integrations.kernels.mamba3_mimo_reference import (  # noqa: E402
     mamba3_mimo_scan_reference,
     mamba3_mimo_step_reference,
 )
 from mamba3_integrations.kernels.mamba3_mimo_triton import (  # noqa: E402
+    FwdConfig,
     _forward,
     mamba3_mimo_scan_triton,
 )
@@ -92,25 +97,33 @@ def cast(obj, dtype: torch.dtype, device: str = DEVICE):
     return tuple(s.to(device, dtype if i >= 2 else torch.float32) for i, s in enumerate(obj))
 
 
-# batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """State chunks of a few tokens, so that short inputs cross several chunks."""
+    monkeypatch.setattr(mamba3_mimo_triton, "DEFAULT_CONFIG", FwdConfig(rows=16, chunk=8))
+
+
+# batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows, chunk
 FORWARD_CASES = [
-    (2, 37, 4, 1, 2, 32, 16, 8, False, False, 64),   # several chunks, tail chunk
-    (1, 1, 2, 2, 4, 48, 16, 12, True, True, 64),     # one token, N not a power of two
-    (2, 70, 1, 1, 2, 16, 16, 8, False, True, 64),    # rank 1, chunk 64
-    (1, 20, 8, 2, 2, 32, 32, 16, False, False, 32),  # rank 8, rope 1.0, chunks of 4 tokens
-    (1, 33, 3, 1, 2, 40, 24, 10, True, True, 32),    # rank 3 (padded), headdim 24
+    (2, 37, 4, 1, 2, 32, 16, 8, False, False, 64, 32),   # 2 chunks of 2 sub-chunks, tail
+    (1, 1, 2, 2, 4, 48, 16, 12, True, True, 64, 128),    # one token, N not a power of two
+    (2, 70, 1, 1, 2, 16, 16, 8, False, True, 64, 128),   # rank 1, sub-chunks of 64
+    (1, 20, 8, 2, 2, 32, 32, 16, False, False, 32, 8),   # rank 8, rope 1.0, 3 chunks
+    (1, 33, 3, 1, 2, 40, 24, 10, True, True, 32, 16),    # rank 3 (padded), headdim 24
+    (1, 9, 2, 1, 2, 16, 16, 4, False, True, 16, 8),      # chunk = sub-chunk, tail of 1
 ]
 
 
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=str)
 def test_forward_matches_reference(case):
-    batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows = case
+    (batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows,
+     chunk) = case
     x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
     init = make_state(batch, rank, nheads, d_state, headdim, n_angles) if state else None
     args = cast(x, torch.float32)
     init32 = cast(init, torch.float32) if init else None
     out, final = _forward(**args, initial_state=init32, return_state=True, cu=None,
-                          out_dtype=torch.float32, rows=rows)
+                          out_dtype=torch.float32, config=FwdConfig(rows=rows, chunk=chunk))
     ref, ref_final = mamba3_mimo_scan_reference(**x, initial_state=init, return_final_state=True)
     assert rel_err(out, ref) < 1e-5
     angle, *rest = final
@@ -120,16 +133,23 @@ def test_forward_matches_reference(case):
         assert rel_err(ours, theirs) < 1e-5
 
 
-def test_per_rank_output_and_packed_sequences():
+@pytest.mark.parametrize("chunked", [False, True], ids=["one_chunk", "small_chunks"])
+def test_per_rank_output_and_packed_sequences(chunked, request):
+    if chunked:
+        request.getfixturevalue("small_chunks")
     x = make_inputs(1, 40, 4, 2, 4, 16, 16, 4)
     x["MIMO_O"] = None
-    cu = torch.tensor([0, 7, 8, 40])
-    init = make_state(3, 4, 4, 16, 16, 4)
+    cu = torch.tensor([0, 7, 8, 8, 40])  # with an empty sequence
+    init = make_state(4, 4, 4, 16, 16, 4)
     out, final = mamba3_mimo_scan_triton(**cast(x, torch.float32),
                                          initial_state=cast(init, torch.float32),
                                          return_final_state=True, cu_seqlens=cu)
     assert out.shape == (1, 40, 4, 4, 16)
     for i, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        if lo == hi:  # an empty sequence keeps its state
+            for ours, theirs in zip(final, init, strict=True):
+                assert rel_err(ours[i], theirs[i]) < 1e-6
+            continue
         ref, ref_final = mamba3_mimo_scan_reference(
             **along_seq(x, slice(lo, hi)), initial_state=tuple(s[i : i + 1] for s in init),
             return_final_state=True)
@@ -146,7 +166,7 @@ GRAD_CASES = [  # batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angl
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
-def test_backward_matches_autograd_through_the_reference(case):
+def test_backward_matches_autograd_through_the_reference(case, small_chunks):
     batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, cu = case
     x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
     nseq = batch if cu is None else len(cu) - 1
