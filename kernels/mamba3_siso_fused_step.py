@@ -13,13 +13,13 @@ the CPU path).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State, mamba3_step_reference
 
 try:
@@ -191,10 +191,9 @@ if triton is not None:
         tl.store(Y + b.to(tl.int64) * d_inner + h * headdim + offs_p,
                  y.to(Y.dtype.element_ty), mask=mask_p)
 
-        if SYNC:
-            writer = _last_arrival(COUNTER, bh, nsplit).to(tl.int32)
-        else:
-            writer = (pb == 0).to(tl.int32)
+        # In place with several programs per head, the last one to arrive writes.
+        writer = _last_arrival(COUNTER, bh, nsplit) if SYNC else pb == 0
+        writer = writer.to(tl.int32)
         writer = (tl.zeros_like(offs_n) + writer) != 0
         tl.store(ANGLE + bh * n_angles + pair, theta, mask=mask_a & (offs_n % 2 == 0) & writer)
         tl.store(KPREV + bh * d_state + offs_n, k.to(KPREV.dtype.element_ty),
@@ -225,16 +224,6 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
         num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
     return y
-
-
-def fused_decode_enabled(x: Tensor) -> bool:
-    """Fused decode kernels for tensors like ``x``: on CUDA unless ``MAMBA3_FUSED_DECODE=0``
-    or ``MAMBA3_DISABLE_TRITON=1``; ``MAMBA3_FUSED_DECODE=1`` also turns them on off CUDA
-    (the Triton interpreter, in tests)."""
-    setting = os.environ.get("MAMBA3_FUSED_DECODE", "")
-    if setting == "0" or os.environ.get("MAMBA3_DISABLE_TRITON", "0") not in ("", "0"):
-        return False
-    return x.is_cuda or setting == "1"
 
 
 def fused_step_supported(zxbcdt: Tensor, w: SisoStepWeights) -> bool:

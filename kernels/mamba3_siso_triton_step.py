@@ -117,10 +117,9 @@ def _step_kernel(
     tl.store(V_OUT + bh * headdim + offs_p, v_raw.to(V_OUT.dtype.element_ty), mask=mask_p)
     tl.store(Y + bh * headdim + offs_p, y.to(Y.dtype.element_ty), mask=mask_p)
 
-    if SYNC:
-        writer = _last_arrival(COUNTER, bh, nsplit).to(tl.int32)
-    else:
-        writer = (pb == 0).to(tl.int32)
+    # In place with several programs per head, the last one to arrive writes.
+    writer = _last_arrival(COUNTER, bh, nsplit) if SYNC else pb == 0
+    writer = writer.to(tl.int32)
     writer = (tl.zeros_like(offs_n) + writer) != 0
     tl.store(ANGLE_OUT + bh * n_angles + pair, theta, mask=mask_a & (offs_n % 2 == 0) & writer)
     tl.store(K_OUT + bh * d_state + offs_n, k.to(K_OUT.dtype.element_ty), mask=mask_n & writer)

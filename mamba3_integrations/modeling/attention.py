@@ -10,6 +10,11 @@ from torch import Tensor, nn
 
 from mamba3_integrations.errors import ConfigError
 from mamba3_integrations.kernels import attention, attention_decode
+from mamba3_integrations.kernels.attention_decode_triton import (
+    cache_attention_triton,
+    fused_attention_decode_supported,
+    rope_append_triton,
+)
 from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
 from mamba3_integrations.modeling.rotary import RotaryEmbedding
 
@@ -108,6 +113,12 @@ class Attention(nn.Module):
             if token_mask is not None:
                 qkv = qkv * token_mask.unsqueeze(-1).to(qkv.dtype)
             qkv = self._conv(qkv, cache)
+        graph_decode = (cache is not None and cache.device_length is not None and seqlen == 1)
+        if graph_decode and fused_attention_decode_supported(qkv, self.head_dim):
+            context = self._decode_fused(qkv[:, 0], cache, pad_lengths).flatten(-2)[:, None]
+            if self.mlp_dim:
+                context = torch.cat((context, side), dim=-1)
+            return self.out_proj(context)
         q, k, v = qkv.split([self.num_heads * self.head_dim,
                              self.num_heads_kv * self.head_dim,
                              self.num_heads_kv * self.head_dim], dim=-1)
@@ -115,7 +126,6 @@ class Attention(nn.Module):
         k = k.unflatten(-1, (self.num_heads_kv, self.head_dim))
         v = v.unflatten(-1, (self.num_heads_kv, self.head_dim))
         # CUDA-graph decode: the position lives on the device (see cache.device_length).
-        graph_decode = (cache is not None and cache.device_length is not None and seqlen == 1)
         if self.rotary is not None:
             if graph_decode:
                 positions = cache.device_length.view(1, 1).expand(b, 1)
@@ -134,6 +144,30 @@ class Attention(nn.Module):
         if self.mlp_dim:
             context = torch.cat((context, side), dim=-1)
         return self.out_proj(context)
+
+    def _decode_fused(self, qkv: Tensor, cache: KVCache | SlidingWindowCache,
+                      pad_lengths: Tensor | None) -> Tensor:
+        """One token (qkv (b, qkv_dim)) in three Triton launches: rotary and cache write,
+        split-KV attention over the cache buffer, combine. Returns (b, h, d)."""
+        window = cache.window if isinstance(cache, SlidingWindowCache) else None
+        inv_freq, interleaved = None, False
+        if self.rotary is not None:
+            inv_freq, interleaved = self._inv_freq(qkv.device), self.rotary.interleaved
+        pads = None if pad_lengths is None else pad_lengths.to(qkv.device)
+        q = rope_append_triton(qkv, cache.keys, cache.values, cache.device_length, pads,
+                               self.num_heads, inv_freq, interleaved, window)
+        return cache_attention_triton(q, cache.keys, cache.values, cache.device_length,
+                                      window, pads, self.softmax_scale)
+
+    def _inv_freq(self, device: torch.device) -> Tensor:
+        """The rotary frequencies (float32, as ``RotaryEmbedding.cos_sin``), kept per device."""
+        cached = getattr(self, "_inv_freq_cache", None)
+        if cached is None or cached.device != device:
+            dim, base = self.rotary.dim, self.rotary.base
+            cached = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32,
+                                                  device=device) / dim))
+            self._inv_freq_cache = cached
+        return cached
 
     def _decode_graph_safe(self, q: Tensor, k: Tensor, v: Tensor,
                            cache: KVCache | SlidingWindowCache,

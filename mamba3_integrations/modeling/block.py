@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mamba3_integrations.kernels.add_rms_norm import add_rms_norm
+from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
 from mamba3_integrations.modeling.attention import Attention
 from mamba3_integrations.modeling.cache import LayerCache
 from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
+from mamba3_integrations.modeling.norms import RMSNorm
 
 
 class Block(nn.Module):
@@ -51,13 +54,23 @@ class Block(nn.Module):
             hidden = self.mixer(hidden, cache, token_mask=token_mask)
         return self._mlp(hidden, residual)
 
+    def _step_add_norm(self, hidden: Tensor, residual: Tensor | None,
+                       norm: nn.Module) -> tuple[Tensor, Tensor]:
+        """``_add_norm`` for decode: one fused kernel for RMSNorm where enabled."""
+        if isinstance(norm, RMSNorm) and fused_decode_enabled(hidden):
+            return add_rms_norm(hidden, residual, norm.weight, norm.eps, self.residual_in_fp32)
+        return self._add_norm(hidden, residual, norm)
+
     def step(self, hidden: Tensor, residual: Tensor | None, cache: LayerCache, start: int,
              pad_lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """One token (b, d): the recurrent step for Mamba-3, cached attention otherwise."""
-        hidden, residual = self._add_norm(hidden, residual, self.norm)
+        hidden, residual = self._step_add_norm(hidden, residual, self.norm)
         if isinstance(self.mixer, Attention):
             hidden = self.mixer(hidden.unsqueeze(1), cache, start=start,
                                 pad_lengths=pad_lengths).squeeze(1)
         else:
             hidden = self.mixer.step(hidden, cache)
-        return self._mlp(hidden, residual)
+        if self.mlp is None:
+            return hidden, residual
+        hidden, residual = self._step_add_norm(hidden, residual, self.norm2)
+        return self.mlp(hidden), residual

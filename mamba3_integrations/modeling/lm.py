@@ -9,13 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from mamba3_integrations.errors import InputError
+from mamba3_integrations.kernels.add_rms_norm import add_rms_norm
+from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
 from mamba3_integrations.modeling.attention import Attention
 from mamba3_integrations.modeling.block import Block
 from mamba3_integrations.modeling.cache import InferenceCache
 from mamba3_integrations.modeling.config import Mamba3Config
 from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
 from mamba3_integrations.modeling.mlp import GatedMLP
-from mamba3_integrations.modeling.norms import make_norm
+from mamba3_integrations.modeling.norms import RMSNorm, make_norm
 
 
 @dataclass
@@ -50,6 +52,13 @@ class MixerModel(nn.Module):
     def final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
         residual = hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def step_final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
+        """``final_norm`` for decode: one fused kernel for RMSNorm where enabled."""
+        if isinstance(self.norm_f, RMSNorm) and fused_decode_enabled(hidden):
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
+                                residual_in_fp32=False)[0]
+        return self.final_norm(hidden, residual)
 
 
 class Mamba3LMHeadModel(nn.Module):
@@ -183,9 +192,15 @@ class Mamba3LMHeadModel(nn.Module):
             raise InputError(f"step expects one token per row, shape (batch,), got "
                              f"{tuple(input_ids.shape)}")
         self._check_ids(input_ids)
+        logits = self.step_logits(input_ids, cache)
+        cache.seqlen += 1
+        return logits
+
+    def step_logits(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
+        """``step`` without input checks and without advancing ``cache.seqlen`` (what a
+        CUDA graph captures): fused decode kernels where enabled."""
         hidden, residual = self.backbone.embedding(input_ids), None
         for block, layer_cache in zip(self.backbone.layers, cache.layers, strict=True):
             hidden, residual = block.step(hidden, residual, layer_cache, cache.seqlen,
                                           cache.pad_lengths)
-        cache.seqlen += 1
-        return self.lm_head(self.backbone.final_norm(hidden, residual))
+        return self.lm_head(self.backbone.step_final_norm(hidden, residual))

@@ -55,12 +55,7 @@ class CudaGraphDecoder:
 
     def _forward(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
         """``model.step`` without its input checks (they would synchronise)."""
-        model = self.model
-        hidden, residual = model.backbone.embedding(token_ids), None
-        for block, layer_cache in zip(model.backbone.layers, cache.layers, strict=True):
-            hidden, residual = block.step(hidden, residual, layer_cache, cache.seqlen,
-                                          cache.pad_lengths)
-        return model.lm_head(model.backbone.final_norm(hidden, residual))
+        return self.model.step_logits(token_ids, cache)
 
     def _warm_up(self, steps: int) -> None:
         """Compile kernels and initialise libraries on a scratch copy of the cache's shape,

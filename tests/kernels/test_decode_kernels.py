@@ -1,5 +1,6 @@
 """Decode kernels against their PyTorch twins on small awkward shapes: the split SISO step,
-the fused mixer step (and the mixer's decode with it against the unfused one).
+the fused mixer step, add + RMSNorm, rotary/cache write and split-KV attention; the mixer
+and the whole model decoding with them against the unfused path.
 
 Without CUDA the kernels run under Triton's interpreter (``tests/conftest.py``).
 """
@@ -16,7 +17,18 @@ if not torch.cuda.is_available():
 
 tl = pytest.importorskip("triton.language")
 
+from mamba3_integrations.kernels import attention_decode_triton  # noqa: E402
 from mamba3_integrations.kernels import mamba3_siso_triton_step as step_mod  # noqa: E402
+from mamba3_integrations.kernels.add_rms_norm import (  # noqa: E402
+    add_rms_norm_reference,
+    add_rms_norm_triton,
+)
+from mamba3_integrations.kernels.attention_decode_triton import (  # noqa: E402
+    cache_attention_reference,
+    cache_attention_triton,
+    rope_append_reference,
+    rope_append_triton,
+)
 from mamba3_integrations.kernels.mamba3_siso_fused_step import (  # noqa: E402
     mamba3_fused_step_reference,
     mamba3_fused_step_triton,
@@ -110,3 +122,96 @@ def test_mixer_fused_step_equals_unfused(monkeypatch, is_outproj_norm):
         assert rel_err(a, b) < 1e-5
     for name, a, b in zip(STATE, got_cache.as_tuple(), want_cache.as_tuple(), strict=True):
         assert rel_err(a, b) < 1e-5, name
+
+
+# ------------------------------------------------------------ add + RMSNorm
+@pytest.mark.parametrize("residual_in_fp32", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("first", [False, True])
+def test_add_rms_norm_matches_reference(residual_in_fp32, dtype, first):
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 37, generator=g).to(DEVICE, dtype)
+    res_dtype = torch.float32 if residual_in_fp32 else dtype
+    residual = None if first else torch.randn(3, 37, generator=g).to(DEVICE, res_dtype)
+    weight = torch.randn(37, generator=g).to(DEVICE, dtype)
+    want = add_rms_norm_reference(hidden, residual, weight, 1e-5, residual_in_fp32)
+    got = add_rms_norm_triton(hidden, residual, weight, 1e-5, residual_in_fp32)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=2e-3 if dtype == torch.float16 else 1e-5,
+                                   atol=1e-5)
+
+
+# ------------------------------------------------------------ attention decode
+def cache_case(batch, slots, h, h_kv, d, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    keys, values = (torch.randn(batch, slots, h_kv, d, generator=g).to(DEVICE, dtype)
+                    for _ in range(2))
+    qkv = torch.randn(batch, (h + 2 * h_kv) * d + 5, generator=g).to(DEVICE, dtype)
+    return qkv[:, :-5], keys, values  # a row stride longer than the row
+
+
+@pytest.mark.parametrize("window,position,interleaved", [
+    (None, 0, False), (None, 29, True), (7, 3, False), (7, 23, True)])
+@pytest.mark.parametrize("pad", [False, True])
+def test_rope_append_and_cache_attention_match_reference(window, position, interleaved, pad):
+    """KV cache of 37 slots (several splits) or a ring of 7 before and after wrapping;
+    GQA (6 query heads on 2 kv heads), rotary on 8 of 12 channels, left padding."""
+    batch, h, h_kv, d = 2, 6, 2, 12
+    slots = window or 37
+    qkv, keys, values = cache_case(batch, slots, h, h_kv, d, torch.float32, position)
+    pos = torch.tensor(position, device=DEVICE)
+    pads = torch.tensor([0, min(position, 2)], device=DEVICE) if pad else None
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32, device=DEVICE)
+                                  / 8))
+    k_ref, v_ref = keys.clone(), values.clone()
+    q_ref = rope_append_reference(qkv, k_ref, v_ref, pos, pads, h, inv_freq, interleaved,
+                                  window)
+    q = rope_append_triton(qkv, keys, values, pos, pads, h, inv_freq, interleaved, window)
+    torch.testing.assert_close(q, q_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(keys, k_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(values, v_ref, rtol=0, atol=0)
+    want = cache_attention_reference(q_ref, k_ref, v_ref, pos, window, pads, 0.3)
+    decode_config = dict(attention_decode_triton.DECODE_CONFIG)
+    attention_decode_triton.DECODE_CONFIG.update(block_n=16, target_programs=8)
+    try:
+        got = cache_attention_triton(q, keys, values, pos, window, pads, 0.3)
+    finally:
+        attention_decode_triton.DECODE_CONFIG.update(decode_config)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ whole model
+def test_model_fused_decode_equals_unfused(monkeypatch):
+    """A float32 hybrid (Mamba-3 with is_outproj_norm and ngroups 2, global and sliding-window
+    attention with conv, GatedMLP), left padding, the ring wrapping: decode through the
+    capture-safe path with every fused kernel against the unfused one."""
+    from mamba3_integrations.modeling import Mamba3LMHeadModel
+    from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
+    from tests.fixtures import hybrid_config
+
+    torch.manual_seed(0)
+    ssm = {"layer": "Mamba3", "d_state": 16, "headdim": 8, "ngroups": 2,
+           "is_outproj_norm": True, "chunk_size": 8}
+    model = Mamba3LMHeadModel(hybrid_config(97, window=5, ssm_cfg=ssm), device=DEVICE,
+                              dtype=torch.float32)
+    model.init_weights()
+    model.eval()
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    mask = torch.ones(2, 4, dtype=torch.long, device=DEVICE)
+    mask[1, :2] = 0
+    logits = {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
+        cache = model.allocate_cache(2, capacity=16)
+        model(ids[:, :4], attention_mask=mask, cache=cache)
+        position = torch.tensor(4, device=DEVICE)
+        for c in cache.layers:
+            if isinstance(c, KVCache | SlidingWindowCache):
+                c.device_length = position
+        out = []
+        for t in range(4, ids.shape[1]):
+            out.append(model.step(ids[:, t], cache))
+            position += 1
+        logits[fused] = torch.stack(out)
+    torch.testing.assert_close(logits["1"], logits["0"], rtol=1e-4, atol=1e-4)
