@@ -23,7 +23,10 @@ from triton.testing import do_bench
 
 from mamba3_integrations.kernels import mamba3_siso_triton as siso
 from mamba3_integrations.kernels import mamba3_siso_triton_step as siso_step
-from mamba3_integrations.kernels.mamba3_siso_reference import mamba3_scan_reference
+from mamba3_integrations.kernels.mamba3_siso_reference import (
+    mamba3_scan_reference,
+    mamba3_step_reference,
+)
 
 H, P, N, G, A = 64, 64, 128, 1, 32
 OFFICIAL_PREFILL_MS = {(1, 16384): 2.79, (1, 65536): 11.06, (8, 4096): 2.75}
@@ -177,45 +180,91 @@ def step_bytes(batch: int, state_dtype: torch.dtype) -> int:
     return batch * (H * per_head + 2 * G * N * 2)
 
 
-def bench_decode(batches, bandwidth: float, warps=(4, 8), steps_per_graph: int = 100):
-    rows = []
-    for batch in batches:
-        for state_dtype, num_warps in itertools.product((torch.float32, torch.bfloat16), warps):
-            siso_step.STEP_WARPS = num_warps
-            x, state = step_inputs(batch, state_dtype)
+STEP_VARIANTS = [(pblk, w) for pblk in (8, 16, 32, 64) for w in (1, 2, 4, 8)]
+STEP_VARIANTS_QUICK = [(16, 4), (16, 2), (32, 4), (8, 2), (64, 4)]
 
+
+def graph_us(fn, steps: int) -> float:
+    """Kernel time per call of ``fn`` from a CUDA graph of ``steps`` calls (microseconds)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            fn()
+    us = median_ms(graph.replay) * 1e3 / steps
+    graph.reset()
+    return us
+
+
+def step_error(batch: int, state_dtype: torch.dtype) -> float:
+    """Largest relative error (y and the four state tensors) of one in-place step with the
+    current ``STEP_CONFIG`` against the float64 reference."""
+    x, state = step_inputs(batch, state_dtype, seed=3)
+    want_y, want = mamba3_step_reference(**{k: v.double() for k, v in x.items()},
+                                         state=tuple(t.double() for t in state))
+    y, new = siso.mamba3_step_triton(**x, state=tuple(t.clone() for t in state), inplace=True)
+    pairs = [(y, want_y), *zip(new, want, strict=True)]
+    return max(((a.double() - b).norm() / b.norm()).item() for a, b in pairs)
+
+
+def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_graph: int = 100):
+    """The step kernel at every (PBLK, warps) variant: checked, then timed in a graph."""
+    rows = []
+    default = dict(siso_step.STEP_CONFIG)
+    for batch in batches:
+        for state_dtype, (pblk, num_warps) in itertools.product(
+                (torch.float32, torch.bfloat16), variants):
+            siso_step.STEP_CONFIG.update(pblk=pblk, num_warps=num_warps)
+            err = step_error(batch, state_dtype)
+            x, state = step_inputs(batch, state_dtype)
             step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
             eager_us = median_ms(step) * 1e3
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(steps_per_graph):
-                    step()
-            graph_us = median_ms(graph.replay) * 1e3 / steps_per_graph
+            g_us = graph_us(step, steps_per_graph)
             bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
             name = "fp32" if state_dtype == torch.float32 else "bf16"
-            rows.append(
-                {
-                    "batch": batch,
-                    "state": name,
-                    "warps": num_warps,
-                    "graph_us": graph_us,
-                    "eager_us": eager_us,
-                    "bound_us": bound_us,
-                    "graph_over_bound": graph_us / bound_us,
-                    "official_us": OFFICIAL_DECODE_US[batch],
-                }
-            )
-            print(
-                f"decode B={batch:<3} state={name} warps={num_warps}  graph {graph_us:7.2f} us"
-                f"  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
-                f"(x{graph_us / bound_us:4.2f})  official {OFFICIAL_DECODE_US[batch]} us",
-                flush=True,
-            )
+            rows.append({"batch": batch, "state": name, "pblk": pblk, "warps": num_warps,
+                         "graph_us": g_us, "eager_us": eager_us, "bound_us": bound_us,
+                         "graph_over_bound": g_us / bound_us, "rel_err_vs_fp64": err,
+                         "official_us": OFFICIAL_DECODE_US[batch]})
+            print(f"decode B={batch:<3} state={name} pblk={pblk:<2} warps={num_warps}  graph "
+                  f"{g_us:7.2f} us  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
+                  f"(x{g_us / bound_us:4.2f})  err {err:.1e}", flush=True)
+            del x, state
+    siso_step.STEP_CONFIG.update(default)
+    return rows
+
+
+def bench_mixer_step(batches, steps_per_graph: int = 20) -> list[dict]:
+    """A whole SISO mixer decode step (d_model 2048, bf16) in a CUDA graph: the fused
+    kernel path (in_proj, one kernel, out_proj) against the unfused one."""
+    import os
+
+    from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
+
+    torch.manual_seed(0)
+    mixer = Mamba3Mixer(2048, d_state=N, headdim=P, device="cuda", dtype=torch.bfloat16)
+    rows = []
+    for batch in batches:
+        u = torch.randn(batch, 2048, device="cuda", dtype=torch.bfloat16)
+        result = {}
+        for fused in ("0", "1"):
+            os.environ["MAMBA3_FUSED_DECODE"] = fused
+            cache = mixer.allocate_cache(batch)
+            with torch.inference_mode():
+                outs = [mixer.step(u, cache) for _ in range(3)]
+                us = graph_us(lambda c=cache, x=u: mixer.step(x, c), steps_per_graph)
+            result[fused] = (us, outs)
+        os.environ.pop("MAMBA3_FUSED_DECODE")
+        err = max(((a.float() - b.float()).norm() / b.float().norm()).item()
+                  for a, b in zip(result["1"][1], result["0"][1], strict=True))
+        rows.append({"batch": batch, "unfused_us": result["0"][0], "fused_us": result["1"][0],
+                     "rel_err_fused_vs_unfused": err})
+        print(f"mixer step B={batch:<3} unfused {result['0'][0]:8.2f} us  fused "
+              f"{result['1'][0]:8.2f} us  err {err:.1e}", flush=True)
     return rows
 
 
@@ -292,6 +341,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="one variant per shape")
     parser.add_argument("--prefill-only", action="store_true", help="skip the decode step")
+    parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bandwidth = copy_bandwidth()
@@ -312,26 +362,31 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
         "copy_bandwidth_TBps": bandwidth / 1e12,
-        "prefill": bench_prefill(shapes, variants),
+        "prefill": [] if args.decode_only else bench_prefill(shapes, variants),
     }
     if not args.prefill_only:
-        result["decode"] = bench_decode([1, 128], bandwidth, warps=(4,))
-        result["bf16_state"] = bf16_state_error()
+        step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
+        result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants)
+        result["mixer_step"] = bench_mixer_step([1, 128])
+        result["bf16_state"] = bf16_state_error(steps=500 if args.quick else 2000)
         print(json.dumps(result["bf16_state"]))
-    fastest = min((r for r in result["prefill"] if r["seqlen"] == 16384), key=lambda r: r["ms"])
-    step = {}
-    for r in result.get("decode", []):
-        key = (r["batch"], r["state"])
-        step[key] = min(step.get(key, (1e9, 0)), (r["graph_us"], r["warps"]))
-    result["best"] = {
-        "chunk": fastest["chunk"],
-        "warps": fastest["warps"],
-        "cpp": fastest["cpp"],
-        "stages": fastest["stages"],
-        "step_warps": step.get((128, "fp32"), (0, siso_step.STEP_WARPS))[1],
-    }
+    result["best"] = {}
+    if result["prefill"]:
+        fastest = min((r for r in result["prefill"] if r["seqlen"] == 16384),
+                      key=lambda r: r["ms"])
+        result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages")})
+    if result.get("decode"):
+        # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1.
+        b1 = {(r["pblk"], r["warps"]): r["graph_us"] for r in result["decode"]
+              if r["batch"] == 1 and r["state"] == "fp32"}
+        ok = [r for r in result["decode"] if r["batch"] == 128 and r["state"] == "fp32"
+              and b1.get((r["pblk"], r["warps"]), 1e9) <= 1.25 * min(b1.values())]
+        top = min(ok or [r for r in result["decode"] if r["batch"] == 128],
+                  key=lambda r: r["graph_us"])
+        result["best"].update(step_pblk=top["pblk"], step_warps=top["warps"])
     (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out / "siso_kernels.png")
+    if result["prefill"]:
+        plot(result, args.out / "siso_kernels.png")
     print("\n| shape | ms (best) | official ms | speed-up |")
     print("|---|---|---|---|")
     best = {}
@@ -345,13 +400,23 @@ def main() -> None:
             f"| {r['ms']:.3f} | "
             f"{r['official_ms']} | {r['speedup']:.2f} |"
         )
-    print("\n| decode | warps | graph us | eager us | bound us | official us |")
-    print("|---|---|---|---|---|---|")
+    print("\n| decode (fastest variant) | pblk | warps | graph us | eager us | bound us | "
+          "graph / bound | max rel err vs fp64 | official us |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    fastest_step = {}
     for r in result.get("decode", []):
+        key = (r["batch"], r["state"])
+        if key not in fastest_step or r["graph_us"] < fastest_step[key]["graph_us"]:
+            fastest_step[key] = r
+    for r in fastest_step.values():
         print(
-            f"| B={r['batch']} {r['state']} | {r['warps']} | {r['graph_us']:.2f} | "
-            f"{r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['official_us']} |"
+            f"| B={r['batch']} {r['state']} | {r['pblk']} | {r['warps']} | {r['graph_us']:.2f} "
+            f"| {r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['graph_over_bound']:.3f} | "
+            f"{max(x['rel_err_vs_fp64'] for x in result['decode']):.1e} | {r['official_us']} |"
         )
+    for r in result.get("mixer_step", []):
+        print(f"mixer step B={r['batch']}: unfused {r['unfused_us']:.1f} us, fused "
+              f"{r['fused_us']:.1f} us, rel err {r['rel_err_fused_vs_unfused']:.1e}")
     print("best:", json.dumps(result["best"]))
 
 
