@@ -8,13 +8,16 @@ per token" at the measured copy bandwidth. Contexts that run out of memory are r
 as such. Prints a table, writes ``e2e.json`` and ``e2e.png``.
 
     python benchmarks/bench_end_to_end.py [--contexts 4096 16384 65536 131072] [--out DIR]
+    python benchmarks/bench_end_to_end.py --quick --out DIR   # decode check, ~2 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
+import os
 import time
 from pathlib import Path
 
@@ -114,8 +117,52 @@ def param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def graph_kernels(decoder: CudaGraphDecoder, token: torch.Tensor, top: int = 12) -> dict:
+    """Kernels in one decode replay (profiler), and the GPU time of the largest groups."""
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            decoder.step(token)
+            torch.cuda.synchronize()
+    except Exception as exc:  # a profiler that cannot see into graphs
+        return {"kernels_per_token": None, "profile_error": repr(exc)[:200]}
+    counts, times = collections.Counter(), collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith("Memcpy"):
+            counts[e.name[:70]] += 1
+            times[e.name[:70]] += getattr(e, "device_time", getattr(e, "cuda_time", 0))
+    return {
+        "kernels_per_token": sum(counts.values()),
+        "kernel_us_per_token": round(sum(times.values()), 1),
+        "top_kernels": {k: [counts[k], round(v, 1)] for k, v in times.most_common(top)},
+    }
+
+
+def fused_vs_unfused(model, cache, token: torch.Tensor, n_decode: int) -> dict:
+    """Decode from copies of ``cache`` with the fused kernels and without them
+    (``MAMBA3_FUSED_DECODE=0``): ms per token of each and the logits' relative difference
+    over the same four tokens."""
+    out, logits = {}, {}
+    stream = [token, *torch.randint(0, VOCAB, (3, *token.shape), device=token.device)]
+    for fused in ("0", "1"):
+        os.environ["MAMBA3_FUSED_DECODE"] = fused
+        decoder = CudaGraphDecoder(model, cache.clone())
+        logits[fused] = torch.stack([decoder.step(t).float() for t in stream])
+        seconds, _ = timed(lambda d=decoder: [d.step(token) for _ in range(n_decode)], 2)
+        out[f"decode_ms_fused_{fused}"] = seconds / n_decode * 1e3
+        decoder.close()
+        del decoder
+        torch.cuda.empty_cache()
+    os.environ.pop("MAMBA3_FUSED_DECODE")
+    diff = (logits["1"] - logits["0"]).norm() / logits["0"].norm()
+    out["logits_rel_diff_fused_vs_unfused"] = diff.item()
+    out["same_greedy_tokens"] = bool(torch.equal(logits["1"].argmax(-1), logits["0"].argmax(-1)))
+    print(f"  fused vs unfused: {json.dumps(out)}", flush=True)
+    return out
+
+
 @torch.inference_mode()
-def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
+def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
+               compare_unfused: bool = False) -> dict:
     ids = torch.randint(0, VOCAB, (1, context), device="cuda")
 
     def prefill():
@@ -133,13 +180,16 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float) -> dict:
         "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
     }
 
-    decoder = CudaGraphDecoder(model, cache)
     token = logits[:, -1].argmax(-1)
+    if compare_unfused:
+        row.update(fused_vs_unfused(model, cache, token, n_decode))
+    decoder = CudaGraphDecoder(model, cache)
     for _ in range(3):
         token = decoder.step(token).argmax(-1)
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     seconds, _ = timed(lambda: [decoder.step(token) for _ in range(n_decode)], 3)
+    row.update(graph_kernels(decoder, token))
     cache_bytes = cache.nbytes()
     # Bound: every weight, the Mamba-3 states (read and written) and the attention caches.
     read = (
@@ -248,16 +298,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--skip-llama", action="store_true")
     parser.add_argument("--tuning", type=Path, help="siso_kernels.json: use its best kernels")
+    parser.add_argument("--compare-unfused", action="store_true",
+                        help="also time decode without the fused kernels, check the logits")
+    parser.add_argument("--quick", action="store_true",
+                        help="contexts 4096 and 131072, 32 decode tokens, no Llama, compare "
+                        "with the unfused decode")
     args = parser.parse_args()
+    if args.quick:
+        args.contexts, args.decode_tokens = [4096, 131072], 32
+        args.skip_llama = args.compare_unfused = True
     args.out.mkdir(parents=True, exist_ok=True)
     chunk = 64
     if args.tuning is not None and args.tuning.exists():
         best = json.loads(args.tuning.read_text())["best"]
-        chunk = best["chunk"]
-        siso.CHUNK_WARPS[chunk] = best["warps"]
-        siso.TUNING["chunks_per_program"] = best["cpp"]
-        siso.TUNING["stages"] = best.get("stages", siso.TUNING["stages"])
-        siso_step.STEP_WARPS = best["step_warps"]
+        if "chunk" in best:  # prefill settings (absent from a --decode-only run)
+            chunk = best["chunk"]
+            siso.CHUNK_WARPS[chunk] = best["warps"]
+            siso.TUNING["chunks_per_program"] = best["cpp"]
+            siso.TUNING["stages"] = best.get("stages", siso.TUNING["stages"])
+        if "step_pblk" in best:
+            siso_step.STEP_CONFIG.update(pblk=best["step_pblk"], num_warps=best["step_warps"])
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
     torch.manual_seed(0)
@@ -281,7 +341,8 @@ def main() -> None:
         flush=True,
     )
     for context in args.contexts:
-        row = guarded(run_mamba3, mamba, context, args.decode_tokens, bandwidth)
+        row = guarded(run_mamba3, mamba, context, args.decode_tokens, bandwidth,
+                      args.compare_unfused)
         result["mamba3"][context] = row
         print("mamba3", context, json.dumps(row), flush=True)
         (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -297,6 +358,15 @@ def main() -> None:
             (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / "e2e.png")
+    print("\n| Mamba-3 decode | ms/token | bound ms | / bound | kernels/token | unfused "
+          "ms/token | logits rel diff fused vs unfused |")
+    print("|---|---|---|---|---|---|---|")
+    for context, r in result["mamba3"].items():
+        if "oom" not in r:
+            print(f"| {context} | {r['decode_ms']:.3f} | {r['decode_bound_ms']:.3f} | "
+                  f"{r['decode_ms'] / r['decode_bound_ms']:.2f} | {r.get('kernels_per_token')} "
+                  f"| {r.get('decode_ms_fused_0', float('nan')):.3f} | "
+                  f"{r.get('logits_rel_diff_fused_vs_unfused', float('nan')):.1e} |")
     print(
         "\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "
         "decode bound tok/s | decode peak GiB |"
