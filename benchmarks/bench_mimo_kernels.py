@@ -1,10 +1,14 @@
 """Benchmark the Mamba-3 MIMO Triton kernels on CUDA: chunked prefill forward and decode step.
 
 Shapes: nheads 64, headdim 64, d_state 128, rank 4, ngroups 1, rope_fraction 0.5, bf16
-activations with float32 states. Prefill at (batch, seqlen) = (1, 16384) and (8, 4096);
-decode at batch 1 and 128, next to our SISO step at the same shapes. With
-``--official DIR`` (a folder holding ``mamba_ssm`` and TileLang) the official TileLang
-prefill runs beside ours. Writes a table, ``mimo_kernels.json`` and ``mimo_kernels.png``.
+activations with float32 states. First every prefill tile variant and every step variant
+is checked on the GPU against the PyTorch reference (float32 and bf16, with initial and
+final states, a length off the chunk, packed sequences, prefill then a decode step).
+Then the prefill forward at (batch, seqlen) = (1, 16384) and (8, 4096) over the tile
+variants (with a per-kernel breakdown of the default), and the decode step at batch 1
+and 128 next to our SISO step. With ``--official DIR`` (a folder holding ``mamba_ssm``
+and TileLang) the official TileLang prefill runs beside ours. Writes a table,
+``mimo_kernels.json`` and ``mimo_kernels.png``.
 
     python benchmarks/bench_mimo_kernels.py --out benchmarks/results
 """
@@ -21,16 +25,36 @@ from pathlib import Path
 
 import torch
 
-from mamba3_integrations.kernels import mamba3_mimo_step, mamba3_step
-from mamba3_integrations.kernels.mamba3_mimo_triton import _forward
+from mamba3_integrations.kernels import mamba3_step
+from mamba3_integrations.kernels.mamba3_mimo_reference import (
+    mamba3_mimo_scan_reference,
+    mamba3_mimo_step_reference,
+)
+from mamba3_integrations.kernels.mamba3_mimo_triton import (
+    DEFAULT_CONFIG,
+    FwdConfig,
+    _forward,
+    mamba3_mimo_scan_triton,
+)
 from mamba3_integrations.kernels.mamba3_mimo_triton_step import mamba3_mimo_step_triton
 
+DEV = "cuda"
+LOW = torch.bfloat16  # the 16-bit dtype of the checks
 H, P, N, R, G = 64, 64, 128, 4, 1
 A = N // 4  # rope_fraction 0.5
 DTYPE = torch.bfloat16
 PREFILL = [(1, 16384), (8, 4096)]
 DECODE = [1, 128]
-CONFIGS = [(64, 8), (64, 4), (32, 8), (32, 4)]  # (rows per chunk, warps) of the prefill
+CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps (scan, state)
+    DEFAULT_CONFIG,
+    FwdConfig(rows=64, chunk=128, num_warps=8),
+    FwdConfig(rows=64, chunk=256, num_warps=4),
+    FwdConfig(rows=64, chunk=64, num_warps=4),
+    FwdConfig(rows=32, chunk=128, num_warps=4),
+    FwdConfig(rows=128, chunk=256, num_warps=8),
+]
+STEP_WARPS = [4, 8, 2]  # decode step variants
+CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
 def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
@@ -66,7 +90,7 @@ def graph_time(fn, steps: int = 100, reps: int = 10) -> float:
 
 
 def prefill_inputs(batch: int, seqlen: int) -> dict:
-    dev = "cuda"
+    dev = DEV
     dt = torch.nn.functional.softplus(torch.randn(batch, H, seqlen, device=dev) - 3)
     return dict(
         Q=torch.randn(batch, seqlen, R, G, N, device=dev, dtype=DTYPE),
@@ -95,17 +119,143 @@ def prefill_flops(batch: int, seqlen: int) -> float:
     return batch * H * rows * per_row
 
 
-def ours_prefill(x: dict, chunk_rows: int, num_warps: int) -> torch.Tensor:
-    """Our fused prefill forward with the final state (as a cached prefill runs it)."""
-    return _forward(
-        **x,
-        initial_state=None,
-        return_state=True,
-        cu=None,
-        out_dtype=DTYPE,
-        rows=chunk_rows,
-        num_warps=num_warps,
-    )[0]
+def ours_prefill(x: dict, chunk_rows: int | None = None, num_warps: int | None = None,
+                 config: FwdConfig | None = None) -> torch.Tensor:
+    """Our prefill forward with the final state (as a cached prefill runs it)."""
+    return _forward(**x, initial_state=None, return_state=True, cu=None, out_dtype=DTYPE,
+                    rows=chunk_rows, num_warps=num_warps, config=config)[0]
+
+
+def label(config: FwdConfig) -> str:
+    return (f"r{config.rows} c{config.chunk} w{config.num_warps}/{config.state_warps}"
+            f" p{config.pass_rows}")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def angle_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    d = torch.remainder(a.double() - b.double() + math.pi, 2 * math.pi) - math.pi
+    return (d.norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check_inputs(batch: int, seqlen: int, dtype: torch.dtype) -> tuple[dict, tuple]:
+    """Benchmark-shaped inputs in ``dtype`` (parameters float32) with an initial state."""
+    torch.manual_seed(1)
+    x = prefill_inputs(batch, seqlen)
+    low = {"Q", "K", "V", "Z", "Trap"}
+    x = {k: v.to(dtype if k in low else torch.float32) if v is not None else None
+         for k, v in x.items()}
+    x["Norm_Weight"] = None
+    state = (torch.rand(batch, H, A, device=DEV) * 6,
+             torch.randn(batch, H, P, N, device=DEV) * 0.1,
+             torch.randn(batch, R, H, N, device=DEV).to(dtype),
+             torch.randn(batch, H, P, device=DEV).to(dtype))
+    return x, state
+
+
+def final_errs(ours: tuple, ref: tuple) -> float:
+    return max([angle_err(ours[0], ref[0])]
+               + [rel_err(a, b) for a, b in zip(ours[1:], ref[1:], strict=True)])
+
+
+def check_prefill() -> list[dict]:
+    """Every prefill variant against the float32 reference on the GPU."""
+    rows = []
+    batch, seqlen = CHECK_SHAPE
+    for dtype in (torch.float32, LOW):
+        x, state = check_inputs(batch, seqlen, dtype)
+        ref_x = {k: v.float() if v is not None else None for k, v in x.items()}
+        ref_state = tuple(s.float() for s in state)
+        ref, ref_fin = mamba3_mimo_scan_reference(**ref_x, initial_state=ref_state,
+                                                  return_final_state=True)
+        configs = CONFIGS if dtype == LOW else CONFIGS[:1]
+        for config in configs:
+            try:
+                out, fin = _forward(**x, initial_state=state, return_state=True, cu=None,
+                                    out_dtype=dtype, config=config)
+                row = dict(check="prefill", dtype=str(dtype), config=label(config),
+                           out=rel_err(out, ref), final=final_errs(fin, ref_fin))
+            except Exception as exc:
+                row = dict(check="prefill", dtype=str(dtype), config=label(config),
+                           error=f"{type(exc).__name__}: {exc}"[:300])
+            rows.append(row)
+            print(row, flush=True)
+    # Packed sequences (with an empty one), per-rank output, a decode step after a prefill.
+    x, state = check_inputs(1, 300, torch.float32)
+    cu = torch.tensor([0, 77, 77, 78, 300], device=DEV, dtype=torch.int32)
+    st4 = tuple(torch.cat([s, s, s, s]) for s in state)
+    out, fin = mamba3_mimo_scan_triton(**{**x, "MIMO_O": None}, initial_state=st4,
+                                       return_final_state=True, cu_seqlens=cu)
+    errs = []
+    for i, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        if lo == hi:
+            continue
+        part = {k: (v[:, lo:hi] if k in ("Q", "K", "V", "Z", "Angles") else
+                    v[:, :, lo:hi] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
+        ref, ref_fin = mamba3_mimo_scan_reference(**{**part, "MIMO_O": None},
+                                                  initial_state=state, return_final_state=True)
+        errs += [rel_err(out[:, lo:hi], ref), final_errs(tuple(f[i:i + 1] for f in fin), ref_fin)]
+    rows.append(dict(check="packed_per_rank", dtype="torch.float32", out=max(errs), final=0.0))
+    for dtype in (torch.float32, LOW):
+        x, state = check_inputs(2, 257, dtype)
+        full = _forward(**x, initial_state=state, return_state=False, cu=None, out_dtype=dtype)[0]
+        head = {k: (v[:, :-1] if k in ("Q", "K", "V", "Z", "Angles") else
+                    v[:, :, :-1] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
+        _, fin = _forward(**head, initial_state=state, return_state=True, cu=None,
+                          out_dtype=dtype)
+        last = {k: (v[:, -1] if k in ("Q", "K", "V", "Z", "Angles") else
+                    v[:, :, -1] if k in ("ADT", "DT", "Trap") else v) for k, v in x.items()}
+        y, _ = mamba3_mimo_step_triton(**{k: v for k, v in last.items() if k != "Norm_Weight"},
+                                       state=fin, inplace=True)
+        rows.append(dict(check="prefill_then_step", dtype=str(dtype),
+                         out=rel_err(y, full[:, -1]), final=0.0))
+    for row in rows[-3:]:
+        print(row, flush=True)
+    return rows
+
+
+def check_step() -> list[dict]:
+    """Every step variant against the reference step (float32, bf16 activations)."""
+    rows = []
+    for dtype in (torch.float32, LOW):
+        x, state = decode_inputs(4, R)
+        x = {k: v.to(dtype) if v.dtype == DTYPE else v for k, v in x.items()}
+        state = (torch.rand_like(state[0]) * 6, torch.randn_like(state[1]) * 0.1,
+                 torch.randn_like(state[2], dtype=torch.float32).to(dtype),
+                 torch.randn_like(state[3], dtype=torch.float32).to(dtype))
+        ref_y, ref_state = mamba3_mimo_step_reference(
+            **{k: v.float() for k, v in x.items()}, state=tuple(s.float() for s in state))
+        for warps in STEP_WARPS:
+            live = tuple(s.clone() for s in state)
+            y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps)
+            rows.append(dict(check="step", dtype=str(dtype), config=f"w{warps}",
+                             out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def kernel_breakdown(x: dict, config: FwdConfig) -> dict[str, float]:
+    """CUDA milliseconds per kernel of one prefill (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours_prefill(x, config=config)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            ours_prefill(x, config=config)
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type.name == "CUDA" or "kernel" in event.key:
+            total = getattr(event, "device_time_total", None)
+            if total is None:
+                total = getattr(event, "cuda_time_total", 0.0)
+            if total:
+                times[event.key[:40]] = total / 3 / 1e3
+    return dict(sorted(times.items(), key=lambda kv: -kv[1])[:6])
 
 
 def official_prefill(folder: str):
@@ -138,8 +288,8 @@ def official_prefill(folder: str):
     return run
 
 
-def bench_prefill(official_dir: str | None) -> list[dict]:
-    rows = []
+def bench_prefill(official_dir: str | None) -> tuple[list[dict], dict]:
+    rows, breakdown = [], {}
     official = None
     if official_dir:
         try:
@@ -150,62 +300,51 @@ def bench_prefill(official_dir: str | None) -> list[dict]:
         x = prefill_inputs(batch, seqlen)
         flops = prefill_flops(batch, seqlen)
         baseline = None
-        for chunk_rows, warps in CONFIGS:
-            ours = functools.partial(ours_prefill, x, chunk_rows, warps)
+        for config in CONFIGS:
+            ours = functools.partial(ours_prefill, x, config=config)
             t0 = time.time()
             try:
                 out = ours()
+                torch.cuda.synchronize()
             except Exception as exc:  # e.g. out of shared memory for this tile
-                print(f"config {(chunk_rows, warps)} failed: {type(exc).__name__}: {exc}")
+                print(f"config {label(config)} failed: {type(exc).__name__}: {exc}"[:400])
                 continue
             compile_s = time.time() - t0
             if baseline is None:
                 baseline = out.float()
-            diff = ((out.float() - baseline).norm() / baseline.norm()).item()
+            diff = rel_err(out.float(), baseline)
             ms = cuda_time(ours)
-            rows.append(
-                dict(
-                    kernel="ours",
-                    batch=batch,
-                    seqlen=seqlen,
-                    chunk_rows=chunk_rows,
-                    num_warps=warps,
-                    ms=ms,
-                    tokens_per_s=batch * seqlen / ms * 1e3,
-                    tflops=flops / ms / 1e9,
-                    rel_diff_to_first_config=diff,
-                    first_call_s=compile_s,
-                )
-            )
+            rows.append(dict(kernel="ours", config=label(config), batch=batch, seqlen=seqlen,
+                             ms=ms, tokens_per_s=batch * seqlen / ms * 1e3,
+                             tflops=flops / ms / 1e9, rel_diff_to_first_config=diff,
+                             first_call_s=compile_s))
+            print(rows[-1], flush=True)
+        try:
+            breakdown[f"B={batch} L={seqlen}"] = kernel_breakdown(x, CONFIGS[0])
+        except Exception as exc:
+            print(f"profiler breakdown failed: {type(exc).__name__}: {exc}")
         if official is not None:
             try:
                 t0 = time.time()
                 out = official(x)
                 compile_s = time.time() - t0
-                diff = ((out.float() - baseline).norm() / baseline.norm()).item()
+                diff = rel_err(out.float(), baseline)
                 ms = cuda_time(functools.partial(official, x))
-                rows.append(
-                    dict(
-                        kernel="official_tilelang",
-                        batch=batch,
-                        seqlen=seqlen,
-                        ms=ms,
-                        tokens_per_s=batch * seqlen / ms * 1e3,
-                        tflops=flops / ms / 1e9,
-                        rel_diff_to_ours=diff,
-                        first_call_s=compile_s,
-                    )
-                )
+                rows.append(dict(kernel="official_tilelang", config="", batch=batch,
+                                 seqlen=seqlen, ms=ms, tokens_per_s=batch * seqlen / ms * 1e3,
+                                 tflops=flops / ms / 1e9, rel_diff_to_ours=diff,
+                                 first_call_s=compile_s))
             except Exception as exc:
                 print(f"official prefill failed at {(batch, seqlen)}: {type(exc).__name__}: {exc}")
                 official = None
+        del x
         torch.cuda.empty_cache()
-    return rows
+    return rows, breakdown
 
 
 def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
     """Step inputs and a state; ``rank=None`` gives the SISO layout."""
-    dev = "cuda"
+    dev = DEV
     lead = (batch,) if rank is None else (batch, rank)
     bias = (H, N) if rank is None else (H, rank, N)
     dt = torch.nn.functional.softplus(torch.randn(batch, H, device=dev) - 3)
@@ -241,30 +380,23 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        steps = (
-            ("mimo_r4", R, mamba3_mimo_step),
-            ("mimo_r4_4warps", R, functools.partial(mamba3_mimo_step_triton, num_warps=4)),
-            ("siso", None, mamba3_step),
-        )
+        steps = [(f"mimo_r{R}_w{w}", R, functools.partial(mamba3_mimo_step_triton, num_warps=w))
+                 for w in STEP_WARPS]
+        steps.append(("siso", None, mamba3_step))
         for name, rank, step in steps:
             x, state = decode_inputs(batch, rank)
             run = functools.partial(step, **x, state=state, inplace=True)
             try:
-                eager = cuda_time(run, reps=200) * 1e3
+                eager = cuda_time(run, reps=100) * 1e3
                 graph = graph_time(run) * 1e3
             except Exception as exc:
                 print(f"{name} step failed at batch {batch}: {type(exc).__name__}: {exc}")
                 continue
             state_bytes = sum(s.numel() * s.element_size() for s in state)
-            rows.append(
-                dict(
-                    kernel=name,
-                    batch=batch,
-                    eager_us=eager,
-                    graph_us=graph,
-                    state_gb_per_s=2 * state_bytes / graph / 1e3,
-                )
-            )
+            rows.append(dict(kernel=name, batch=batch, eager_us=eager, graph_us=graph,
+                             state_gb_per_s=2 * state_bytes / graph / 1e3,
+                             bound_us_at_3tbps=2 * state_bytes / 3.0e6))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -315,32 +447,43 @@ def plot(prefill: list[dict], decode: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
+            decode: list[dict]) -> None:
+    device = torch.cuda.get_device_name() if DEV == "cuda" else DEV
+    print(f"\ncorrectness on {device}, relative errors")
+    for r in checks:
+        err = r.get("error")
+        vals = err if err else f"out {r['out']:.2e}  final {r['final']:.2e}"
+        print(f"  {r['check']:18} {r['dtype'][6:]:9} {r.get('config', ''):22} {vals}")
+    print(f"\nprefill forward\n  {'kernel':18} {'config':22} {'B':>3} {'L':>6} {'ms':>8} "
+          f"{'Mtok/s':>7} {'TFLOP/s':>7} {'diff':>8}")
+    for r in prefill:
+        diff = r.get("rel_diff_to_first_config", r.get("rel_diff_to_ours", 0.0))
+        print(f"  {r['kernel']:18} {r['config']:22} {r['batch']:3d} {r['seqlen']:6d} "
+              f"{r['ms']:8.3f} {r['tokens_per_s'] / 1e6:7.2f} {r['tflops']:7.1f} {diff:8.1e}")
+    for shape, times in breakdown.items():
+        print(f"  per kernel, {label(CONFIGS[0])}, {shape}: "
+              + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
+    print(f"\ndecode step (CUDA graph per step; bound: state in + out at 3 TB/s)\n"
+          f"  {'kernel':14} {'B':>4} {'eager us':>9} {'graph us':>9} {'bound us':>9} "
+          f"{'GB/s':>7}")
+    for r in decode:
+        print(f"  {r['kernel']:14} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
+              f"{r['bound_us_at_3tbps']:9.1f} {r['state_gb_per_s']:7.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--official", help="folder with mamba_ssm and TileLang importable")
     args = parser.parse_args()
     torch.manual_seed(0)
-    prefill = bench_prefill(args.official)
+    t0 = time.time()
+    checks = check_prefill() + check_step()
+    prefill, breakdown = bench_prefill(args.official)
     decode = bench_decode()
-    print(f"\nprefill forward ({torch.cuda.get_device_name()})")
-    print(
-        f"{'kernel':18} {'B':>3} {'L':>6} {'rows':>4} {'warps':>5} {'ms':>8} "
-        f"{'Mtok/s':>8} {'TFLOP/s':>8}"
-    )
-    for r in prefill:
-        print(
-            f"{r['kernel']:18} {r['batch']:3d} {r['seqlen']:6d} {r.get('chunk_rows', ''):>4} "
-            f"{r.get('num_warps', ''):>5} {r['ms']:8.3f} {r['tokens_per_s'] / 1e6:8.2f} "
-            f"{r['tflops']:8.1f}"
-        )
-    print("\ndecode step (one launch per layer and token)")
-    print(f"{'kernel':10} {'B':>4} {'eager µs':>9} {'graph µs':>9} {'state GB/s':>10}")
-    for r in decode:
-        print(
-            f"{r['kernel']:10} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
-            f"{r['state_gb_per_s']:10.0f}"
-        )
+    summary(checks, prefill, breakdown, decode)
+    print(f"\ntotal {time.time() - t0:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(
         device=torch.cuda.get_device_name(),
@@ -350,7 +493,8 @@ def main() -> None:
         shape=dict(nheads=H, headdim=P, d_state=N, rank=R, ngroups=G, n_angles=A),
     )
     (args.out / "mimo_kernels.json").write_text(
-        json.dumps(dict(meta=meta, prefill=prefill, decode=decode), indent=2) + "\n"
+        json.dumps(dict(meta=meta, checks=checks, prefill=prefill, kernels=breakdown,
+                        decode=decode), indent=2) + "\n"
     )
     plot(prefill, decode, args.out / "mimo_kernels.png")
 
