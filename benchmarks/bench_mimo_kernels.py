@@ -53,7 +53,7 @@ CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps 
     FwdConfig(rows=32, chunk=128, num_warps=4),
     FwdConfig(rows=128, chunk=256, num_warps=8),
 ]
-STEP_WARPS = [4, 8, 2]  # decode step variants
+STEP_VARIANTS = [(16, 4), (32, 4), (64, 4), (64, 8), (16, 2), (8, 2)]  # step (rows, warps)
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -228,10 +228,11 @@ def check_step() -> list[dict]:
                  torch.randn_like(state[3], dtype=torch.float32).to(dtype))
         ref_y, ref_state = mamba3_mimo_step_reference(
             **{k: v.float() for k, v in x.items()}, state=tuple(s.float() for s in state))
-        for warps in STEP_WARPS:
+        for pblk, warps in STEP_VARIANTS:
             live = tuple(s.clone() for s in state)
-            y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps)
-            rows.append(dict(check="step", dtype=str(dtype), config=f"w{warps}",
+            y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps,
+                                             pblk=pblk)
+            rows.append(dict(check="step", dtype=str(dtype), config=f"p{pblk} w{warps}",
                              out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
             print(rows[-1], flush=True)
     return rows
@@ -380,8 +381,9 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        steps = [(f"mimo_r{R}_w{w}", R, functools.partial(mamba3_mimo_step_triton, num_warps=w))
-                 for w in STEP_WARPS]
+        steps = [(f"mimo_r{R}_p{pb}_w{w}", R,
+                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb))
+                 for pb, w in STEP_VARIANTS]
         steps.append(("siso", None, mamba3_step))
         for name, rank, step in steps:
             x, state = decode_inputs(batch, rank)
@@ -465,10 +467,10 @@ def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
         print(f"  per kernel, {label(CONFIGS[0])}, {shape}: "
               + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
     print(f"\ndecode step (CUDA graph per step; bound: state in + out at 3 TB/s)\n"
-          f"  {'kernel':14} {'B':>4} {'eager us':>9} {'graph us':>9} {'bound us':>9} "
+          f"  {'kernel':16} {'B':>4} {'eager us':>9} {'graph us':>9} {'bound us':>9} "
           f"{'GB/s':>7}")
     for r in decode:
-        print(f"  {r['kernel']:14} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
+        print(f"  {r['kernel']:16} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
               f"{r['bound_us_at_3tbps']:9.1f} {r['state_gb_per_s']:7.0f}")
 
 

@@ -1,9 +1,10 @@
 """Fused Mamba-3 MIMO decode step on CUDA through Triton: one launch per layer and token.
 
-One program per (head, batch row) reads the (P, N) state once (one tile, natural order),
-adds the previous and the new token's outer products rank by rank, produces the gated,
-rank-contracted output (one row reduction per rank) and writes the new state
-(optionally in place). Computes what
+One program per (head, batch row, block of headdim rows) reads its state rows once (one
+tile, natural order), adds the previous and the new token's outer products rank by rank,
+produces the gated, rank-contracted output of its rows (one row reduction per rank) and
+writes the new state (optionally in place; a per-head arrival counter lets the last
+program of a head write the shared new k and angle after all have read the old ones). Computes what
 ``mamba3_mimo_step_reference`` computes, with the pairing (n, n + N/2) for every N.
 """
 
@@ -18,7 +19,19 @@ from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import PI, TWO_PI, _tanh
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 NORM_EPS = 1e-5
-STEP_WARPS = 4  # num_warps of the decode step
+STEP_CONFIG = {"pblk": 16, "num_warps": 4}  # state rows per program, warps
+
+_COUNTERS: dict[torch.device, Tensor] = {}
+
+
+def arrival_counters(device: torch.device, n: int) -> Tensor:
+    """Zeroed int32 counters (at least ``n``) of the MIMO step on a device; the kernel
+    leaves them at zero. First allocated by a warm-up step, before any graph capture."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < n:
+        counters = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
 
 
 @triton.jit
@@ -33,20 +46,35 @@ def _rotated(X, x_at, XB, bias_at, n, partner, n_ok, cos, sin):
 
 
 @triton.jit
+def _last_arrival(COUNTER, at, nsplit):
+    """True in the last of the ``nsplit`` programs of a (row, head) to get here, which then
+    resets the counter; the barrier orders the program's earlier loads before the atomic."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(COUNTER + at, 1)
+    last = arrived == nsplit - 1
+    tl.atomic_xchg(COUNTER + at, 0, mask=last)
+    return last
+
+
+@triton.jit
 def _mimo_step_kernel(
     Q, K, V, Z, ANG, ADT, DT, TRAP, QB, KB, MV, MZ, MO, DSKIP, NW,
-    ANGLE, SSM, KST, VST, ANGLE_OUT, SSM_OUT, KST_OUT, VST_OUT, OUT,
-    nheads, heads_per_group, headdim, d_state, n_angles, eps,
+    ANGLE, SSM, KST, VST, ANGLE_OUT, SSM_OUT, KST_OUT, VST_OUT, OUT, COUNTER,
+    nheads, heads_per_group, headdim, d_state, n_angles, eps, nsplit,
     sq_b, sq_r, sq_g, sv_b, sv_h, sz_b, sz_h, sa_b, sa_h, ss_b, ss_h, ss_p,
     sk_b, sk_r, sk_h, sx_b, sx_h, st_b, st_h, so_b, so_h,
-    R: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
+    R: tl.constexpr, BN: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr, SYNC: tl.constexpr,
 ):
-    """Grid (H, batch). ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states
-    by strides (the output state tensors may be the input ones). The (P, N) state is one
-    tile in natural order; the ranks are a loop of rank-1 updates and row reductions."""
+    """Grid (H, batch, cdiv(P, PBLK)): rows ``[pb*PBLK, (pb+1)*PBLK)`` of the state of one
+    (row, head). ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states by
+    strides (the output state tensors may be the input ones). The state rows are one tile
+    in natural order; the ranks are a loop of rank-1 updates and row reductions. The new
+    k and angle, read by every program of the head, are written by one: with ``SYNC``
+    (in place, several programs) the last to arrive, otherwise the first."""
     h = tl.program_id(0)
     b = tl.program_id(1)
+    pb = tl.program_id(2)
     g = h // heads_per_group
     half = d_state // 2
     n = tl.arange(0, BN)
@@ -55,7 +83,7 @@ def _mimo_step_kernel(
     partner = tl.where(low, n + half, n - half)
     pair = tl.where(low, n, n - half)
     rotated = n_ok & (pair < n_angles)
-    p = tl.arange(0, BP)
+    p = pb * PBLK + tl.arange(0, PBLK)
     p_ok = p < headdim
     state_mask = p_ok[:, None] & n_ok[None, :]
 
@@ -95,7 +123,7 @@ def _mimo_step_kernel(
         z = tl.load(Z + b * sz_b + h * sz_h + p, mask=p_ok, other=0.0).to(tl.float32)
     if HAS_NORM:
         norm_w = tl.load(NW + h * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
-    out = tl.zeros((BP,), dtype=tl.float32)
+    out = tl.zeros((PBLK,), dtype=tl.float32)
     for r in tl.static_range(R):
         proj_at = (h * R + r) * headdim + p
         q = _rotated(Q, b * sq_b + r * sq_r + g * sq_g, QB, (h * R + r) * d_state, n, partner,
@@ -113,13 +141,18 @@ def _mimo_step_kernel(
 
     tl.debug_barrier()  # every read of the old state is done before it is overwritten
     tl.store(SSM_OUT + state_at, s.to(SSM_OUT.dtype.element_ty), mask=state_mask)
+    tl.store(VST_OUT + b * sx_b + h * sx_h + p, x.to(VST_OUT.dtype.element_ty), mask=p_ok)
+    if SYNC:
+        writer = _last_arrival(COUNTER, b * nheads + h, nsplit).to(tl.int32)
+    else:
+        writer = (pb == 0).to(tl.int32)
+    write = (tl.zeros_like(n) + writer) != 0
     for r in tl.static_range(R):
         k = _rotated(K, b * sq_b + r * sq_r + g * sq_g, KB, (h * R + r) * d_state, n, partner,
                      n_ok, cos, sin)
         tl.store(KST_OUT + b * sk_b + r * sk_r + h * sk_h + n, k.to(KST_OUT.dtype.element_ty),
-                 mask=n_ok)
-    tl.store(VST_OUT + b * sx_b + h * sx_h + p, x.to(VST_OUT.dtype.element_ty), mask=p_ok)
-    tl.store(ANGLE_OUT + b * st_b + h * st_h + pair, theta, mask=rotated & low)
+                 mask=n_ok & write)
+    tl.store(ANGLE_OUT + b * st_b + h * st_h + pair, theta, mask=rotated & low & write)
 
 
 def mamba3_mimo_step_triton(
@@ -127,9 +160,10 @@ def mamba3_mimo_step_triton(
     Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
     state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
     MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
-    num_warps: int | None = None,
+    num_warps: int | None = None, pblk: int | None = None,
 ) -> tuple[Tensor, Mamba3State]:
-    """One fused decode step; arguments and results as ``mamba3_mimo_step``."""
+    """One fused decode step; arguments and results as ``mamba3_mimo_step``. ``pblk``
+    state rows per program (the whole headdim with ``Norm_Weight``, whose RMS spans it)."""
     batch, rank, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[1], V.shape[2]
     if d_state % 2:
@@ -151,16 +185,21 @@ def mamba3_mimo_step_triton(
     for t in (Q, K, V, z, Angles):
         if t.stride(-1) != 1:
             raise ValueError("Q, K, V, Z and Angles must be contiguous in their last axis")
-    _mimo_step_kernel[(nheads, batch)](
-        Q, K, V, z, Angles, *scalars, *params, *opt, *state, *new, out,
-        nheads, nheads // ngroups, headdim, d_state, Angles.shape[-1], NORM_EPS,
+    bp = max(16, triton.next_power_of_2(headdim))
+    pb = bp if Norm_Weight is not None else min(bp, pblk or STEP_CONFIG["pblk"])
+    nsplit = triton.cdiv(headdim, pb)
+    sync = inplace and nsplit > 1
+    counters = arrival_counters(V.device, batch * nheads) if sync else out
+    _mimo_step_kernel[(nheads, batch, nsplit)](
+        Q, K, V, z, Angles, *scalars, *params, *opt, *state, *new, out, counters,
+        nheads, nheads // ngroups, headdim, d_state, Angles.shape[-1], NORM_EPS, nsplit,
         Q.stride(0), Q.stride(1), Q.stride(2), V.stride(0), V.stride(1), z.stride(0),
         z.stride(1), Angles.stride(0), Angles.stride(1), ssm.stride(0), ssm.stride(1),
         ssm.stride(2), k_state.stride(0), k_state.stride(1), k_state.stride(2),
         v_state.stride(0), v_state.stride(1), angle.stride(0), angle.stride(1),
         out.stride(0), out.stride(1),
-        R=rank, BN=max(16, triton.next_power_of_2(d_state)),
-        BP=max(16, triton.next_power_of_2(headdim)), HAS_D=D is not None, HAS_Z=Z is not None,
-        HAS_NORM=Norm_Weight is not None, num_warps=num_warps or STEP_WARPS,
+        R=rank, BN=max(16, triton.next_power_of_2(d_state)), PBLK=pb, HAS_D=D is not None,
+        HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None, SYNC=sync,
+        num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
     return out, tuple(new)

@@ -35,6 +35,7 @@ from mamba3_integrations.kernels.mamba3_mimo_triton import (  # noqa: E402
     mamba3_mimo_scan_triton,
 )
 from mamba3_integrations.kernels.mamba3_mimo_triton_step import (  # noqa: E402
+    arrival_counters,
     mamba3_mimo_step_triton,
 )
 
@@ -195,6 +196,8 @@ STEP_CASES = [
     (3, 2, 2, 4, 48, 16, 12, True),
     (2, 4, 1, 2, 32, 16, 8, False),
     (1, 8, 2, 4, 64, 32, 32, True),
+    (2, 4, 2, 4, 32, 48, 8, False),   # 3 programs per head (arrival counter), headdim 48
+    (1, 3, 1, 2, 20, 40, 6, False),   # rank 3, N = 20, headdim 40
 ]
 
 
@@ -205,8 +208,10 @@ def test_step_matches_reference(case):
     state = make_state(batch, rank, nheads, d_state, headdim, n_angles)
     ref_y, ref_state = mamba3_mimo_step_reference(**x, state=state)
     live = cast(state, torch.float32)
-    y, new = mamba3_mimo_step_triton(**cast(x, torch.float32), state=live, inplace=True)
+    y, new = mamba3_mimo_step_triton(**cast(x, torch.float32), state=live, inplace=True,
+                                     pblk=16)
     assert all(a is b for a, b in zip(new, live, strict=True))
+    assert not arrival_counters(live[1].device, 1).any()  # left at zero
     assert rel_err(y, ref_y) < 1e-5
     for ours, theirs in zip(new, ref_state, strict=True):
         assert rel_err(ours, theirs) < 1e-5
