@@ -170,10 +170,10 @@ if triton is not None:
         heads = kvh * group + offs_g
         q_ptr = Q + (b.to(tl.int64) * num_heads_kv * group + heads[:, None]) * head_dim
         q = tl.load(q_ptr + offs_d[None, :], mask=mask_g[:, None] & mask_d[None, :], other=0.0)
-        position = tl.load(POS)
+        position = tl.load(POS).to(tl.int32)
         pad = 0
         if HAS_PAD:
-            pad = tl.load(PAD + b)
+            pad = tl.load(PAD + b).to(tl.int32)
         lo = split * keys_per_split
         hi = tl.minimum(lo + keys_per_split, n_slots)
         if not RING:
@@ -283,7 +283,7 @@ def cache_attention_triton(q: Tensor, keys: Tensor, values: Tensor, position: Te
     )
     out = torch.empty_like(q)
     _combine_kernel[(b * h,)](o_part, m_part, l_part, out, nsplit, d,
-                              SP=triton.next_power_of_2(nsplit), BD=bd, num_warps=4)
+                              SP=max(2, triton.next_power_of_2(nsplit)), BD=bd, num_warps=4)
     return out
 
 

@@ -132,6 +132,7 @@ if triton is not None:
         ANGLE, SSM, KPREV, VPREV, Y, COUNTER,
         nheads, heads_per_group, d_state, headdim, n_angles, ngroups, nsplit, A_floor, eps,
         NB: tl.constexpr, PBLK: tl.constexpr, OUT_NORM: tl.constexpr, SYNC: tl.constexpr,
+        DT_ROUND: tl.constexpr,
     ):
         """Grid (batch, H, cdiv(P, PBLK)); OUT_NORM needs PBLK >= P (one program a head).
         ZX (b, d_in_proj) with unit last stride; biases (H, N) contiguous; states
@@ -150,7 +151,12 @@ if triton is not None:
         offs_p = pb * PBLK + tl.arange(0, PBLK)
         mask_p = offs_p < headdim
 
-        dt = _softplus(tl.load(row + o_dt + h).to(tl.float32) + tl.load(DT_BIAS + h))
+        dt = tl.load(row + o_dt + h).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+        if DT_ROUND:  # dd_dt + dt_bias and its softplus in the model dtype, as unfused
+            dt = _softplus(dt.to(Y.dtype.element_ty).to(tl.float32))
+            dt = dt.to(Y.dtype.element_ty).to(tl.float32)
+        else:
+            dt = _softplus(dt)
         dd_a = tl.load(row + o_dt + nheads + h).to(tl.float32)
         a = -(tl.maximum(dd_a, 0.0) + 1.0 / (1.0 - tl.minimum(dd_a, 0.0)))
         adt = tl.minimum(a, -A_floor) * dt
@@ -221,6 +227,7 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
         *state, y, counters,
         H, H // w.ngroups, N, P, w.n_angles, w.ngroups, nsplit, w.A_floor, w.eps,
         NB=triton.next_power_of_2(N), PBLK=pb, OUT_NORM=w.norm is not None, SYNC=nsplit > 1,
+        DT_ROUND=torch.promote_types(zxbcdt.dtype, w.dt_bias.dtype) != torch.float32,
         num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
     return y

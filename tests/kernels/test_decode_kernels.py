@@ -85,10 +85,13 @@ def random_cache(mixer, batch, seed):
     return cache
 
 
-@pytest.mark.parametrize("is_outproj_norm", [False, True])
+@pytest.mark.parametrize("is_outproj_norm,cast", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_step_matches_reference(is_outproj_norm, dtype):
+def test_fused_step_matches_reference(is_outproj_norm, cast, dtype):
+    """``cast``: a model converted with ``.to(dtype)`` (dt_bias, D and biases 16-bit too)."""
     mixer = make_mixer(dtype, is_outproj_norm=is_outproj_norm)
+    if cast:
+        mixer = mixer.to(dtype)
     w = mixer.step_weights()
     g = torch.Generator().manual_seed(3)
     zx = (torch.randn(3, mixer.in_proj.out_features, generator=g) * 2).to(DEVICE, dtype)
@@ -215,3 +218,33 @@ def test_model_fused_decode_equals_unfused(monkeypatch):
             position += 1
         logits[fused] = torch.stack(out)
     torch.testing.assert_close(logits["1"], logits["0"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_graph_decode_fused_equals_unfused(monkeypatch, dtype):
+    """CUDA graphs of the whole step with and without the fused kernels, bf16 included."""
+    from mamba3_integrations.modeling import Mamba3LMHeadModel
+    from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
+    from tests.fixtures import hybrid_config
+
+    torch.manual_seed(0)
+    ssm = {"layer": "Mamba3", "d_state": 64, "headdim": 32, "chunk_size": 16}
+    attn = {"num_heads": 8, "num_heads_kv": 2, "head_dim": 64, "rotary_emb_dim": 32,
+            "causal": True}
+    model = Mamba3LMHeadModel(hybrid_config(97, window=5, d_model=128, ssm_cfg=ssm,
+                                            attn_cfg=attn), device="cuda", dtype=dtype)
+    model.init_weights()
+    model.eval()
+    ids = torch.randint(0, 97, (3, 40), device="cuda")
+    cache = model.allocate_cache(3, capacity=40)
+    model(ids[:, :9], cache=cache)
+    logits = {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
+        decoder = CudaGraphDecoder(model, cache.clone())
+        logits[fused] = torch.stack([decoder.step(ids[:, t]).float() for t in range(9, 40)])
+        decoder.close()
+    err = ((logits["1"] - logits["0"]).norm() / logits["0"].norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 2e-2)
