@@ -102,15 +102,16 @@ def bench_prefill(shapes, variants) -> list[dict]:
         ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
         if n_shape == 1:
             ranked = sorted(rows, key=lambda r: r["ms"])
-            variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"]) for r in ranked[:3]]
-        for chunk, warps, cpp, stages in variants:
+            variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"], r["maxnreg"])
+                        for r in ranked[:3]]
+        for chunk, warps, cpp, stages, *cap in variants:
+            maxnreg = cap[0] if cap else 0
             siso.CHUNK_WARPS[chunk] = warps
-            siso.TUNING["chunks_per_program"] = cpp
-            siso.TUNING["stages"] = stages
+            siso.TUNING.update(chunks_per_program=cpp, stages=stages, maxnreg=maxnreg or None)
             try:
                 got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
             except Exception as exc:  # e.g. a tile configuration out of shared memory
-                print(f"variant {chunk, warps, cpp, stages} failed: {exc!r:.300}")
+                print(f"variant {chunk, warps, cpp, stages, maxnreg} failed: {exc!r:.300}")
                 continue
             err = ((got.float() - ref).norm() / ref.norm()).item()
             fn = functools.partial(siso.mamba3_scan_triton, **x, chunk_size=chunk)
@@ -124,6 +125,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
                     "warps": warps,
                     "cpp": cpp,
                     "stages": stages,
+                    "maxnreg": maxnreg,
                     "ms": ms,
                     "official_ms": official,
                     "speedup": official / ms,
@@ -134,9 +136,9 @@ def bench_prefill(shapes, variants) -> list[dict]:
             )
             print(
                 f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
-                f"stages={stages} "
+                f"stages={stages} maxnreg={maxnreg} "
                 f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
-                f"err {err:.1e}",
+                f"err {err:.1e}  kernels {rows[-1]['kernels_ms']}",
                 flush=True,
             )
         del x
@@ -341,6 +343,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="one variant per shape")
     parser.add_argument("--prefill-only", action="store_true", help="skip the decode step")
+    parser.add_argument("--shapes", default="1x16384,1x65536,8x4096",
+                        help="prefill shapes BxL; all variants run on the first")
+    parser.add_argument("--variants",
+                        help="chunk:warps:chunks_per_program:stages[:maxnreg],...")
     parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -350,9 +356,11 @@ def main() -> None:
         f"{triton.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s",
         flush=True,
     )
-    shapes = [(1, 16384), (1, 65536), (8, 4096)]
-    variants = [(64, 8, 4, 2)]
-    if not args.quick:
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    variants = [(32, 4, 16, 2)]
+    if args.variants:
+        variants = [tuple(int(v) for v in s.split(":")) for s in args.variants.split(",")]
+    elif not args.quick:
         variants += [(64, w, cpp, st) for w in (4, 8) for cpp in (2, 4, 8) for st in (1, 2, 3)
                      if (w, cpp, st) != (8, 4, 2)]
         variants += [(128, 8, 2, 2), (128, 8, 4, 2), (32, 4, 8, 2), (32, 4, 16, 2)]
@@ -372,9 +380,11 @@ def main() -> None:
         print(json.dumps(result["bf16_state"]))
     result["best"] = {}
     if result["prefill"]:
-        fastest = min((r for r in result["prefill"] if r["seqlen"] == 16384),
+        first = (result["prefill"][0]["batch"], result["prefill"][0]["seqlen"])
+        fastest = min((r for r in result["prefill"] if (r["batch"], r["seqlen"]) == first),
                       key=lambda r: r["ms"])
-        result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages")})
+        result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages",
+                                                       "maxnreg")})
     if result.get("decode"):
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1.
         b1 = {(r["pblk"], r["warps"]): r["graph_us"] for r in result["decode"]

@@ -21,8 +21,9 @@ from mamba3_integrations.kernels.mamba3_siso_triton_step import mamba3_step_trit
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
-# Forward chunk kernels: chunks per super-chunk (one program each) and pipelining stages.
-TUNING = {"chunks_per_program": 4, "stages": 2}
+# Forward chunk kernels: chunks per super-chunk (one program each), pipelining stages and
+# a register cap per thread (None: the compiler's choice).
+TUNING: dict[str, int | None] = {"chunks_per_program": 16, "stages": 2, "maxnreg": None}
 
 
 @dataclass
@@ -154,7 +155,7 @@ def scan_forward(
     initial_state: Mamba3State | None, cu_seqlens: Tensor | None, chunk_size: int,
     save: bool,
 ) -> tuple[Tensor, Mamba3State, _Saved | None]:
-    """Run the three forward kernels; returns (out, final_state, saved)."""
+    """Run the four forward kernels; returns (out, final_state, saved)."""
     batch, seqlen, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[2], V.shape[3]
     n_angles = Angles.shape[3]
@@ -170,18 +171,28 @@ def scan_forward(
     states = torch.empty(sup.count, nheads, headdim, d_state, **f32)
     atot = torch.empty(sup.count, nheads, **f32)
     chunk_ang = torch.empty(sup.count, nheads, n_angles, **f32)
+    # Per chunk, for the backward pass (the rotary pass fills in the local angles).
+    saved_offsets = torch.empty(lay.nchunks, nheads, n_angles, **f32) if save else None
     grid = (sup.count, nheads)
     varlen = lay.chunks is not None
-    fast = V.is_cuda and not ieee
-    meta = {"C": chunk_size, "NH": NH, "PB": PB, "CPP": cpp, "IS_VARLEN": varlen,
-            "IEEE": ieee, "FAST": fast, "num_warps": CHUNK_WARPS[chunk_size],
-            "num_stages": TUNING["stages"]}
-    dims = (seqlen, lay.chunks_per_seq, sup.per_seq, nheads, nheads // ngroups, d_state,
-            n_angles, headdim)
+    meta = {"C": chunk_size, "CPP": cpp, "IS_VARLEN": varlen}
+    dims = (seqlen, lay.chunks_per_seq, sup.per_seq, nheads)
+    cos = torch.empty(batch, nheads, seqlen, n_angles, device=dev, dtype=V.dtype)
+    sin = torch.empty_like(cos)
+    fwd._rotary_kernel[grid](
+        Angles, *Angles.stride(), DT, *DT.stride(), cos, sin, chunk_ang, saved_offsets,
+        lay.chunks, sup.table, *dims, n_angles, AB=max(2, triton.next_power_of_2(n_angles)),
+        FAST=V.is_cuda and not ieee, SAVE=save, num_warps=4, **meta)
+
+    dims = (*dims, nheads // ngroups, d_state, n_angles, headdim)
+    meta.update(NH=NH, PB=PB, IEEE=ieee, num_warps=CHUNK_WARPS[chunk_size],
+                num_stages=TUNING["stages"])
+    if TUNING.get("maxnreg"):
+        meta["maxnreg"] = TUNING["maxnreg"]
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[grid](
-        K, *K.stride(), K_bias, *K_bias.stride(), V, *V.stride(), *gates, Angles,
-        *Angles.stride(), states, atot, chunk_ang, lay.chunks, sup.table, *dims, **meta)
+        K, *K.stride(), K_bias, *K_bias.stride(), V, *V.stride(), *gates, cos, sin, states,
+        atot, lay.chunks, sup.table, *dims, **meta)
 
     start, angle0 = None, None
     if initial_state is not None:
@@ -203,16 +214,15 @@ def scan_forward(
 
     out = torch.empty(batch, seqlen, nheads, headdim, device=dev, dtype=V.dtype)
     ypre = torch.empty_like(out) if save and Z is not None else None
-    if save:  # per chunk, for the backward pass
+    if save:
         saved_states = torch.empty(lay.nchunks, nheads, headdim, d_state, **f32)
-        saved_offsets = torch.empty(lay.nchunks, nheads, n_angles, **f32)
         saved_atot = torch.empty(lay.nchunks, nheads, **f32)
     else:
-        saved_states = saved_offsets = saved_atot = None
+        saved_states = saved_atot = None
     zs = Z.stride() if Z is not None else (0, 0, 0, 0)
     fwd._chunk_scan_kernel[grid](
         Q, *Q.stride(), K, *K.stride(), Q_bias, K_bias, *K_bias.stride(), V, *V.stride(),
-        Z, *zs, out, *out.stride(), ypre, *gates, Angles, *Angles.stride(), D, offsets,
+        Z, *zs, out, *out.stride(), ypre, *gates, cos, sin, D, offsets,
         states, lay.chunks, sup.table, saved_states, saved_offsets, saved_atot, *dims,
         HAS_D=D is not None, HAS_Z=Z is not None, STORE_YPRE=ypre is not None, SAVE=save,
         **meta)

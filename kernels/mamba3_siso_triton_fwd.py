@@ -1,13 +1,14 @@
 """Triton kernels of the Mamba-3 SISO chunked scan, forward pass.
 
 The tokens of each sequence split into chunks of C tokens, and runs of up to CPP
-consecutive chunks form super-chunks. Three launches:
+consecutive chunks form super-chunks (one program each). Four launches:
 
-1. ``_chunk_state_kernel`` (grid super-chunks x heads): the state a super-chunk adds on
-   its own, ``S' = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` with k' biased and rotated in
-   the super-chunk's local rotary frame (angles summed from its first token), its total
-   decay and its total angle increment. Chunks are visited in order, the state carried
-   in registers.
+0. ``_rotary_kernel`` (grid super-chunks x heads): cos and sin of every token's rotary
+   angle in its super-chunk's local frame (``pi*tanh(angle)*dt`` summed from the
+   super-chunk's first token), and each super-chunk's total angle increment.
+1. ``_chunk_state_kernel`` (same grid): the state a super-chunk adds on its own,
+   ``S' = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` with k' biased and rotated in the local
+   frame, and its total decay; chunks in order, the state carried in registers.
 2. ``_state_passing_kernel`` (grid sequences x heads x row blocks): over the super-chunks
    of a sequence, the angle entering each (theta_c, reduced mod 2*pi) and the state
    entering it, ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S'_c R(theta_c)^T``, in place; the
@@ -17,10 +18,9 @@ consecutive chunks form super-chunks. Three launches:
    q.k: both carry the same extra rotation) plus ``exp(A_t) q' S^T``, the D skip and the
    silu(z) gate; then the state moves past the chunk.
 
-Q and K are read once per chunk as whole rows and rotated in registers (no rotated copy
-goes through memory). Rotary pairs (2i, 2i+1) are handled de-interleaved:
-``q.k = q_e.k_e + q_o.k_o``, and states live in a (P, [even | odd]) layout.
-``shared/spec/MAMBA3.md`` gives the math.
+Q and K are read as whole rows and rotated in registers (no rotated copy goes through
+memory). Rotary pairs (2i, 2i+1) are handled de-interleaved: ``q.k = q_e.k_e + q_o.k_o``,
+and states live in a (P, [even | odd]) layout. ``shared/spec/MAMBA3.md`` gives the math.
 """
 
 from __future__ import annotations
@@ -169,15 +169,54 @@ def _sub_chunk(g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq,
 
 
 @triton.jit
-def _local_angles(ANG, s_at, s_aa, DT, s_dt, base, offs_t, mask_t, n_angles,
-                  FAST: tl.constexpr, NH: tl.constexpr):
-    """cos and sin (T, NH) of ``base + running sum of pi*tanh(angle)*dt`` over the chunk's
-    tokens (zero angle for pairs >= n_angles), and ``base`` moved past the chunk; angles
-    stay reduced mod 2*pi."""
-    theta, inc = _chunk_theta(ANG, s_at, s_aa, DT, s_dt, ANG, offs_t, mask_t, n_angles, NH,
-                              False)
-    cos, sin = _cos_sin(_wrap(base[None, :] + theta), FAST)
-    return cos, sin, _wrap(base + inc)
+def _rotary_kernel(
+    ANG, s_gb, s_gt, s_gh, s_ga, DT, s_db, s_dh, s_dt,
+    COS, SIN, CHUNK_ANG, LOCAL_OFFSET, CHUNKS, SUPER,
+    seqlen, chunks_per_seq, supers_per_seq, nheads, n_angles,
+    C: tl.constexpr, AB: tl.constexpr, CPP: tl.constexpr, IS_VARLEN: tl.constexpr,
+    FAST: tl.constexpr, SAVE: tl.constexpr,
+):
+    """cos and sin (b, H, l, A) of every token's angle in its super-chunk's local frame
+    (``pi*tanh(angle)*dt`` summed from the super-chunk's first token, reduced mod 2*pi),
+    and each super-chunk's total increment; with SAVE also the local angle entering each
+    chunk. Grid (super-chunks, H)."""
+    g = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_a = tl.arange(0, AB)
+    mask_a = offs_a < n_angles
+    ang = tl.zeros([AB], dtype=tl.float32)
+    for j in range(CPP):
+        row, start, end, seq_end, slot, valid = _sub_chunk(
+            g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+        if SAVE:  # noqa: SIM102 (a constexpr, then a run-time condition)
+            if valid:
+                tl.store(LOCAL_OFFSET + (slot * nheads + h) * n_angles + offs_a, ang,
+                         mask=mask_a)
+        offs_t = start + tl.arange(0, C)
+        mask_t = offs_t < end
+        row64 = row.to(tl.int64)
+        theta, inc = _chunk_theta(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
+                                  DT + row64 * s_db + h * s_dh, s_dt, ANG, offs_t, mask_t,
+                                  n_angles, AB, False)
+        cos, sin = _cos_sin(_wrap(ang[None, :] + theta), FAST)
+        ang = _wrap(ang + inc)
+        ptr = ((row64 * nheads + h) * seqlen + offs_t)[:, None] * n_angles + offs_a[None, :]
+        m = mask_t[:, None] & mask_a[None, :]
+        tl.store(COS + ptr, cos.to(COS.dtype.element_ty), mask=m)
+        tl.store(SIN + ptr, sin.to(SIN.dtype.element_ty), mask=m)
+    tl.store(CHUNK_ANG + (g * nheads + h) * n_angles + offs_a, ang, mask=mask_a)
+
+
+@triton.jit
+def _load_cos_sin(COS, SIN, base, offs_t, mask_t, n_angles, NH: tl.constexpr):
+    """cos and sin (T, NH) float32 of tokens ``offs_t`` (one head's rows start at
+    ``base``); pairs >= n_angles get the angle zero."""
+    offs_i = tl.arange(0, NH)
+    m = mask_t[:, None] & (offs_i < n_angles)[None, :]
+    ptr = base + offs_t[:, None] * n_angles + offs_i[None, :]
+    cos = tl.load(COS + ptr, mask=m, other=1.0).to(tl.float32)
+    sin = tl.load(SIN + ptr, mask=m, other=0.0).to(tl.float32)
+    return cos, sin
 
 
 @triton.jit
@@ -200,16 +239,15 @@ def _chunk_state_kernel(
     K, s_kb, s_kt, s_kg, s_kn, KB, s_bh, s_bn,
     V, s_vb, s_vt, s_vh, s_vp,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
-    ANG, s_gb, s_gt, s_gh, s_ga,
-    STATES, ATOT, CHUNK_ANG, CHUNKS, SUPER,
+    COS, SIN, STATES, ATOT, CHUNKS, SUPER,
     seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, d_state, n_angles,
     headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr, CPP: tl.constexpr,
-    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
+    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
 ):
     """The state one super-chunk adds on its own, in its local rotary frame (angles summed
-    from its first token), its total decay and angle increment; grid (super-chunks, H).
-    States are (P, [even | odd]) float32."""
+    from its first token), and its total decay; grid (super-chunks, H). States are
+    (P, [even | odd]) float32."""
     g = tl.program_id(0)
     h = tl.program_id(1)
     grp = h // heads_per_group
@@ -220,7 +258,6 @@ def _chunk_state_kernel(
     s_e = tl.zeros([PB, NH], dtype=tl.float32)
     s_o = tl.zeros([PB, NH], dtype=tl.float32)
     a_tot = tl.sum(tl.zeros([C], dtype=tl.float32), 0)
-    ang = tl.zeros([NH], dtype=tl.float32)
     for j in range(CPP):
         row, start, end, seq_end, slot, valid = _sub_chunk(
             g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
@@ -232,9 +269,8 @@ def _chunk_state_kernel(
             TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
         a_end = tl.sum(adt, 0)
         coef = tl.exp(a_end - tl.cumsum(adt, 0)) * w
-        cos, sin, ang = _local_angles(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
-                                      DT + row64 * s_db + h * s_dh, s_dt, ang, offs_t, mask_t,
-                                      n_angles, FAST, NH)
+        cos, sin = _load_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, offs_t,
+                                 mask_t, n_angles, NH)
         k_e, k_o = _load_qk(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
                             offs_t, mask_t, d_state, cos, sin, C, NH)
         v = tl.load(V + row64 * s_vb + h * s_vh + offs_t[:, None] * s_vt
@@ -251,7 +287,6 @@ def _chunk_state_kernel(
     tl.store(ptr, s_e, mask=m_st)
     tl.store(ptr + d_state // 2, s_o, mask=m_st)
     tl.store(ATOT + sup, a_tot)
-    tl.store(CHUNK_ANG + sup * n_angles + offs_i, ang, mask=offs_i < n_angles)
 
 
 @triton.jit
@@ -341,20 +376,20 @@ def _chunk_scan_kernel(
     OUT, s_ob, s_ot, s_oh, s_op,
     YPRE,
     ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
-    ANG, s_gb, s_gt, s_gh, s_ga,
-    D, OFFSET, STATES, CHUNKS, SUPER, SAVED_STATES, SAVED_OFFSET, SAVED_ATOT,
+    COS, SIN, D, OFFSET, STATES, CHUNKS, SUPER, SAVED_STATES, SAVED_OFFSET, SAVED_ATOT,
     seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, d_state, n_angles,
     headdim,
     C: tl.constexpr, NH: tl.constexpr, PB: tl.constexpr, CPP: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    STORE_YPRE: tl.constexpr, SAVE: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
+    STORE_YPRE: tl.constexpr, SAVE: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Output of one super-chunk of one head, its chunks in order with the running state
     in registers (in the super-chunk's local rotary frame); grid (super-chunks, H).
 
     Per chunk: the masked "attention" inside the chunk plus ``exp(A_t) q_t S^T`` from the
     state entering it, the D skip and the silu(z) gate. With SAVE, the state (global
-    frame), angle and total decay entering each chunk are stored for the backward pass.
+    frame), angle (``SAVED_OFFSET`` holds the local one on entry) and total decay entering
+    each chunk are stored for the backward pass.
     """
     g = tl.program_id(0)
     h = tl.program_id(1)
@@ -379,7 +414,6 @@ def _chunk_scan_kernel(
     cos_c = tl.cos(theta_c)[None, :]
     sin_c = tl.sin(theta_c)[None, :]
     s_e, s_o = _turn(st_e, st_o, cos_c, -sin_c)
-    ang = tl.zeros([NH], dtype=tl.float32)
     for j in range(CPP):
         row, start, end, seq_end, slot, valid = _sub_chunk(
             g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
@@ -398,12 +432,13 @@ def _chunk_scan_kernel(
                 ptr = SAVED_STATES + ch.to(tl.int64) * headdim * d_state + st_ptr
                 tl.store(ptr, g_e, mask=m_st)
                 tl.store(ptr + d_state // 2, g_o, mask=m_st)
-                tl.store(SAVED_OFFSET + ch * n_angles + offs_i, _wrap(theta_c + ang),
-                         mask=offs_i < n_angles)
+                mask_a = offs_i < n_angles
+                local = tl.load(SAVED_OFFSET + ch * n_angles + offs_i, mask=mask_a)
+                tl.store(SAVED_OFFSET + ch * n_angles + offs_i, _wrap(theta_c + local),
+                         mask=mask_a)
                 tl.store(SAVED_ATOT + ch, a_end)
-        cos, sin, ang = _local_angles(ANG + row64 * s_gb + h * s_gh, s_gt, s_ga,
-                                      DT + row64 * s_db + h * s_dh, s_dt, ang, offs_t, mask_t,
-                                      n_angles, FAST, NH)
+        cos, sin = _load_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, offs_t,
+                                 mask_t, n_angles, NH)
         q_e, q_o = _load_qk(Q + row64 * s_qb + grp * s_qg, s_qt, s_qn, QB + h * s_bh, s_bn,
                             offs_t, mask_t, d_state, cos, sin, C, NH)
         k_e, k_o = _load_qk(K + row64 * s_kb + grp * s_kg, s_kt, s_kn, KB + h * s_bh, s_bn,
