@@ -298,6 +298,7 @@ def test_backward_state_is_freed_without_a_gc_pass():
                 DT=torch.rand(b, h, seqlen), Trap=torch.randn(b, h, seqlen),
                 Q_bias=torch.randn(h, n), K_bias=torch.randn(h, n),
                 Angles=torch.randn(b, seqlen, h, n // 4))
+    args = {k: v.to(DEVICE) for k, v in args.items()}
     for tensor in args.values():
         tensor.requires_grad_()
     gc.collect()
