@@ -27,10 +27,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=16384)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--warps", type=int, default=8, help="SISO chunk kernels")
-    parser.add_argument("--cpp", type=int, default=4, help="SISO chunks per program")
+    parser.add_argument("--cpp", type=int, default=16, help="SISO chunks per program")
+    parser.add_argument("--maxnreg", type=int, default=0, help="SISO register cap (0: none)")
     args = parser.parse_args()
     siso.CHUNK_WARPS[args.chunk] = args.warps
-    siso.TUNING["chunks_per_program"] = args.cpp
+    siso.TUNING.update(chunks_per_program=args.cpp, maxnreg=args.maxnreg or None)
     if args.workload == "siso-prefill":
         x = prefill_inputs(args.batch, args.seqlen)
         siso.mamba3_scan_triton(**x, chunk_size=args.chunk)
