@@ -102,12 +102,13 @@ def bench_prefill(shapes, variants) -> list[dict]:
         ref = mamba3_scan_reference(**{k: v.float() for k, v in part.items()})
         if n_shape == 1:
             ranked = sorted(rows, key=lambda r: r["ms"])
-            variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"], r["maxnreg"])
-                        for r in ranked[:3]]
-        for chunk, warps, cpp, stages, *cap in variants:
-            maxnreg = cap[0] if cap else 0
+            variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"], r["maxnreg"],
+                         r["state_warps"]) for r in ranked[:3]]
+        for chunk, warps, cpp, stages, *extra in variants:
+            maxnreg, state_warps = (list(extra) + [0, 0])[:2]
             siso.CHUNK_WARPS[chunk] = warps
-            siso.TUNING.update(chunks_per_program=cpp, stages=stages, maxnreg=maxnreg or None)
+            siso.TUNING.update(chunks_per_program=cpp, stages=stages, maxnreg=maxnreg or None,
+                               state_warps=state_warps or None)
             try:
                 got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
             except Exception as exc:  # e.g. a tile configuration out of shared memory
@@ -126,6 +127,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
                     "cpp": cpp,
                     "stages": stages,
                     "maxnreg": maxnreg,
+                    "state_warps": state_warps,
                     "ms": ms,
                     "official_ms": official,
                     "speedup": official / ms,
@@ -136,7 +138,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
             )
             print(
                 f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
-                f"stages={stages} maxnreg={maxnreg} "
+                f"stages={stages} maxnreg={maxnreg} state_warps={state_warps} "
                 f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
                 f"err {err:.1e}  kernels {rows[-1]['kernels_ms']}",
                 flush=True,
@@ -346,7 +348,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="1x16384,1x65536,8x4096",
                         help="prefill shapes BxL; all variants run on the first")
     parser.add_argument("--variants",
-                        help="chunk:warps:chunks_per_program:stages[:maxnreg],...")
+                        help="chunk:warps:chunks_per_program:stages[:maxnreg[:state_warps]],...")
     parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +359,7 @@ def main() -> None:
         flush=True,
     )
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    variants = [(32, 4, 16, 2)]
+    variants = [(32, 4, 32, 2)]
     if args.variants:
         variants = [tuple(int(v) for v in s.split(":")) for s in args.variants.split(",")]
     elif not args.quick:
@@ -384,7 +386,7 @@ def main() -> None:
         fastest = min((r for r in result["prefill"] if (r["batch"], r["seqlen"]) == first),
                       key=lambda r: r["ms"])
         result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages",
-                                                       "maxnreg")})
+                                                       "maxnreg", "state_warps")})
     if result.get("decode"):
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1.
         b1 = {(r["pblk"], r["warps"]): r["graph_us"] for r in result["decode"]

@@ -21,9 +21,11 @@ from mamba3_integrations.kernels.mamba3_siso_triton_step import mamba3_step_trit
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
-# Forward chunk kernels: chunks per super-chunk (one program each), pipelining stages and
-# a register cap per thread (None: the compiler's choice).
-TUNING: dict[str, int | None] = {"chunks_per_program": 16, "stages": 2, "maxnreg": None}
+# Forward chunk kernels: chunks per super-chunk (one program each), pipelining stages, a
+# register cap per thread and the chunk-state kernel's warps (None: the compiler's choice,
+# CHUNK_WARPS). Measured on an H100: docs/benchmarks.md.
+TUNING: dict[str, int | None] = {"chunks_per_program": 32, "stages": 2, "maxnreg": None,
+                                 "state_warps": None}
 
 
 @dataclass
@@ -192,7 +194,8 @@ def scan_forward(
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
     fwd._chunk_state_kernel[grid](
         K, *K.stride(), K_bias, *K_bias.stride(), V, *V.stride(), *gates, cos, sin, states,
-        atot, lay.chunks, sup.table, *dims, **meta)
+        atot, lay.chunks, sup.table, *dims,
+        **{**meta, "num_warps": TUNING.get("state_warps") or meta["num_warps"]})
 
     start, angle0 = None, None
     if initial_state is not None:
