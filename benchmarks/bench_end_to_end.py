@@ -315,9 +315,11 @@ def main() -> None:
             chunk = best["chunk"]
             siso.CHUNK_WARPS[chunk] = best["warps"]
             siso.TUNING["chunks_per_program"] = best["cpp"]
+            siso.TUNING["chunk"] = chunk
             siso.TUNING["stages"] = best.get("stages", siso.TUNING["stages"])
             siso.TUNING["maxnreg"] = best.get("maxnreg") or None
             siso.TUNING["state_warps"] = best.get("state_warps") or None
+            siso.TUNING["state_stages"] = best.get("state_stages") or None
         if "step_pblk" in best:
             siso_step.STEP_CONFIG.update(pblk=best["step_pblk"], num_warps=best["step_warps"])
         print("kernel settings", best, flush=True)

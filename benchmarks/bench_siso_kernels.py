@@ -103,12 +103,13 @@ def bench_prefill(shapes, variants) -> list[dict]:
         if n_shape == 1:
             ranked = sorted(rows, key=lambda r: r["ms"])
             variants = [(r["chunk"], r["warps"], r["cpp"], r["stages"], r["maxnreg"],
-                         r["state_warps"]) for r in ranked[:3]]
+                         r["state_warps"], r["state_stages"]) for r in ranked[:3]]
         for chunk, warps, cpp, stages, *extra in variants:
-            maxnreg, state_warps = (list(extra) + [0, 0])[:2]
+            maxnreg, state_warps, state_stages = (list(extra) + [0, 0, 0])[:3]
             siso.CHUNK_WARPS[chunk] = warps
-            siso.TUNING.update(chunks_per_program=cpp, stages=stages, maxnreg=maxnreg or None,
-                               state_warps=state_warps or None)
+            siso.TUNING.update(chunk=chunk, chunks_per_program=cpp, stages=stages,
+                               maxnreg=maxnreg or None, state_warps=state_warps or None,
+                               state_stages=state_stages or None)
             try:
                 got = siso.mamba3_scan_triton(**part, chunk_size=chunk)
             except Exception as exc:  # e.g. a tile configuration out of shared memory
@@ -128,6 +129,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
                     "stages": stages,
                     "maxnreg": maxnreg,
                     "state_warps": state_warps,
+                    "state_stages": state_stages,
                     "ms": ms,
                     "official_ms": official,
                     "speedup": official / ms,
@@ -139,6 +141,7 @@ def bench_prefill(shapes, variants) -> list[dict]:
             print(
                 f"prefill B={batch:<2} L={seqlen:<6} chunk={chunk:<4} warps={warps} cpp={cpp} "
                 f"stages={stages} maxnreg={maxnreg} state_warps={state_warps} "
+                f"state_stages={state_stages} "
                 f"{ms:7.3f} ms  official {official:6.2f} ms  x{official / ms:5.2f}  "
                 f"err {err:.1e}  kernels {rows[-1]['kernels_ms']}",
                 flush=True,
@@ -348,7 +351,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="1x16384,1x65536,8x4096",
                         help="prefill shapes BxL; all variants run on the first")
     parser.add_argument("--variants",
-                        help="chunk:warps:chunks_per_program:stages[:maxnreg[:state_warps]],...")
+                        help="chunk:warps:chunks_per_program:stages"
+                        "[:maxnreg[:state_warps[:state_stages]]],...")
     parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -359,13 +363,13 @@ def main() -> None:
         flush=True,
     )
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    variants = [(32, 4, 32, 2)]
+    variants = [(32, 4, 32, 3, 0, 2, 2)]
     if args.variants:
         variants = [tuple(int(v) for v in s.split(":")) for s in args.variants.split(",")]
     elif not args.quick:
-        variants += [(64, w, cpp, st) for w in (4, 8) for cpp in (2, 4, 8) for st in (1, 2, 3)
-                     if (w, cpp, st) != (8, 4, 2)]
-        variants += [(128, 8, 2, 2), (128, 8, 4, 2), (32, 4, 8, 2), (32, 4, 16, 2)]
+        variants += [(32, 4, cpp, st, 0, sw, 2) for cpp in (16, 32, 64) for st in (2, 3)
+                     for sw in (2, 4) if (cpp, st, sw) != (32, 3, 2)]
+        variants += [(64, 4, 16, 2), (64, 8, 8, 2), (16, 4, 32, 2), (32, 8, 16, 2)]
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -386,7 +390,8 @@ def main() -> None:
         fastest = min((r for r in result["prefill"] if (r["batch"], r["seqlen"]) == first),
                       key=lambda r: r["ms"])
         result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages",
-                                                       "maxnreg", "state_warps")})
+                                                       "maxnreg", "state_warps",
+                                                       "state_stages")})
     if result.get("decode"):
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1.
         b1 = {(r["pblk"], r["warps"]): r["graph_us"] for r in result["decode"]

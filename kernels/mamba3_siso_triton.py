@@ -21,11 +21,12 @@ from mamba3_integrations.kernels.mamba3_siso_triton_step import mamba3_step_trit
 
 STATE_BLOCK = 512  # elements of the (P, N) state per state-passing program (about)
 CHUNK_WARPS = {16: 4, 32: 4, 64: 4, 128: 8}  # num_warps of the chunk kernels
-# Forward chunk kernels: chunks per super-chunk (one program each), pipelining stages, a
-# register cap per thread and the chunk-state kernel's warps (None: the compiler's choice,
-# CHUNK_WARPS). Measured on an H100: docs/benchmarks.md.
-TUNING: dict[str, int | None] = {"chunks_per_program": 32, "stages": 2, "maxnreg": None,
-                                 "state_warps": None}
+# Forward kernels (measured on an H100, docs/benchmarks.md): the chunk length (at most the
+# caller's chunk_size: the result does not depend on it), chunks per super-chunk (one
+# program each), pipelining stages, a register cap per thread, and the chunk-state
+# kernel's own warps and stages (None: the output kernel's settings).
+TUNING: dict[str, int | None] = {"chunk": 32, "chunks_per_program": 32, "stages": 3,
+                                 "maxnreg": None, "state_warps": 2, "state_stages": 2}
 
 
 @dataclass
@@ -187,7 +188,7 @@ def scan_forward(
         FAST=V.is_cuda and not ieee, SAVE=save, num_warps=4, **meta)
 
     dims = (*dims, nheads // ngroups, d_state, n_angles, headdim)
-    meta.update(NH=NH, PB=PB, IEEE=ieee, num_warps=CHUNK_WARPS[chunk_size],
+    meta.update(NH=NH, PB=PB, IEEE=ieee, num_warps=CHUNK_WARPS.get(chunk_size, 4),
                 num_stages=TUNING["stages"])
     if TUNING.get("maxnreg"):
         meta["maxnreg"] = TUNING["maxnreg"]
@@ -195,7 +196,8 @@ def scan_forward(
     fwd._chunk_state_kernel[grid](
         K, *K.stride(), K_bias, *K_bias.stride(), V, *V.stride(), *gates, cos, sin, states,
         atot, lay.chunks, sup.table, *dims,
-        **{**meta, "num_warps": TUNING.get("state_warps") or meta["num_warps"]})
+        **{**meta, "num_warps": TUNING["state_warps"] or meta["num_warps"],
+           "num_stages": TUNING["state_stages"] or meta["num_stages"]})
 
     start, angle0 = None, None
     if initial_state is not None:
@@ -273,7 +275,7 @@ def scan_backward(
     common = (seqlen, lay.chunks_per_seq, nheads, nheads // ngroups, d_state // 2, n_angles,
               headdim)
     meta = {"C": chunk_size, "NH": NH, "PB": PB, "IS_VARLEN": lay.chunks is not None,
-            "IEEE": V.dtype == torch.float32, "num_warps": CHUNK_WARPS[chunk_size]}
+            "IEEE": V.dtype == torch.float32, "num_warps": CHUNK_WARPS.get(chunk_size, 4)}
     dstates = torch.empty_like(saved.states)
     angles = (Angles, *Angles.stride(), DT, *DT.stride(), saved.offsets)
     bwd._chunk_dstate_kernel[(lay.nchunks, nheads)](
@@ -398,6 +400,7 @@ def mamba3_scan_triton(
 ) -> Tensor | tuple[Tensor, Mamba3State]:
     """The chunked scan through Triton; arguments as ``mamba3_scan``. Differentiable."""
     init = initial_state if initial_state is not None else (None,) * 4
+    chunk = max(16, min(1 << (chunk_size.bit_length() - 1), TUNING["chunk"] or chunk_size))
     out, *final = _ScanFunction.apply(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z,
-                                      *init, cu_seqlens, chunk_size)
+                                      *init, cu_seqlens, chunk)
     return (out, tuple(final)) if return_final_state else out
