@@ -37,7 +37,7 @@ def triton_supported(V: Tensor, d_state: int, chunk_size: int = 64) -> bool:
         and d_state % 2 == 0
         and d_state <= 256
         and V.shape[-1] <= 256
-        and chunk_size in (16, 32, 64, 128)
+        and chunk_size >= 16
     )
 
 
