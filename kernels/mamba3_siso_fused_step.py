@@ -29,8 +29,9 @@ try:
     from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
     from mamba3_integrations.kernels.mamba3_siso_triton_step import (
         STEP_CONFIG,
+        _advance_rows,
         _last_arrival,
-        _update_rows,
+        _load_rows,
         arrival_counters,
     )
 except ImportError:  # Triton is an optional extra
@@ -132,11 +133,12 @@ if triton is not None:
         ANGLE, SSM, KPREV, VPREV, Y, COUNTER,
         nheads, heads_per_group, d_state, headdim, n_angles, ngroups, nsplit, A_floor, eps,
         NB: tl.constexpr, PBLK: tl.constexpr, OUT_NORM: tl.constexpr, SYNC: tl.constexpr,
-        DT_ROUND: tl.constexpr,
+        DT_ROUND: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr,
     ):
         """Grid (batch, H, cdiv(P, PBLK)); OUT_NORM needs PBLK >= P (one program a head).
         ZX (b, d_in_proj) with unit last stride; biases (H, N) contiguous; states
-        contiguous and updated in place; Y (b, H*P)."""
+        contiguous and updated in place; Y (b, H*P). ``EARLY``, ``EVICT``: as the step
+        kernel (state tile loaded first; streaming hints on the state)."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         pb = tl.program_id(2)
@@ -150,6 +152,9 @@ if triton is not None:
         mask_n = offs_n < d_state
         offs_p = pb * PBLK + tl.arange(0, PBLK)
         mask_p = offs_p < headdim
+        ssm_off = bh * headdim * d_state
+        if EARLY:
+            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
 
         dt = tl.load(row + o_dt + h).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
         if DT_ROUND:  # dd_dt + dt_bias and its softplus in the model dtype, as unfused
@@ -182,8 +187,10 @@ if triton is not None:
 
         alpha = tl.exp(adt)
         beta = (1.0 - lam) * dt * alpha
-        y = _update_rows(SSM, SSM, bh * headdim * d_state, offs_p, mask_p, offs_n, mask_n,
-                         d_state, alpha, beta * v_prev, lam * dt * v, k_prev, k, q)
+        if not EARLY:
+            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+        y = _advance_rows(ssm, SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
+                          alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT)
         y += tl.load(D + h).to(tl.float32) * v
         z = tl.load(row + h * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         if OUT_NORM:
@@ -206,19 +213,47 @@ if triton is not None:
                  mask=mask_n & writer)
 
 
+# Launch settings of the fused step. With few sequences the step kernel's rows per
+# program leave the GPU mostly idle (batch 1: 64 heads), so the rows per program halve
+# (down to ``min_pblk``, with ``small_warps``) until there are ``min_programs`` programs.
+FUSED_CONFIG = {"min_programs": 512, "min_pblk": 8, "small_warps": 2, "early_load": True}
+
+
+def fused_split(batch: int, nheads: int, headdim: int, out_norm: bool,
+                pblk: int | None = None) -> tuple[int, int, bool]:
+    """(rows per program, programs per head, small tiles) for the fused step. The gated
+    RMSNorm of ``out_norm`` needs a whole head in one program."""
+    whole = triton.next_power_of_2(headdim)
+    if out_norm:
+        return whole, 1, False
+    if pblk:
+        pb = min(pblk, whole)
+        return pb, triton.cdiv(headdim, pb), False
+    pb = min(STEP_CONFIG["pblk"], whole)
+    small = False
+    while (pb > FUSED_CONFIG["min_pblk"]
+           and batch * nheads * triton.cdiv(headdim, pb) < FUSED_CONFIG["min_programs"]):
+        pb //= 2
+        small = True
+    return pb, triton.cdiv(headdim, pb), small
+
+
 def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeights,
-                             pblk: int | None = None, num_warps: int | None = None) -> Tensor:
-    """The fused step on the GPU (or the Triton interpreter); arguments as the reference."""
+                             pblk: int | None = None, num_warps: int | None = None,
+                             early_load: bool | None = None) -> Tensor:
+    """The fused step on the GPU (or the Triton interpreter); arguments as the reference.
+    Launch settings not given come from ``fused_split``/``FUSED_CONFIG``/``STEP_CONFIG``."""
     H, P, N = w.nheads, w.headdim, w.d_state
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
     if not all(s.is_contiguous() for s in state):
         raise ValueError("the fused decode step updates contiguous state tensors in place")
     batch = zxbcdt.shape[0]
-    pb = triton.next_power_of_2(P)
-    if w.norm is None:
-        pb = min(pblk or STEP_CONFIG["pblk"], pb)
-    nsplit = triton.cdiv(P, pb)
+    pb, nsplit, small = fused_split(batch, H, P, w.norm is not None, pblk)
+    if num_warps is None:
+        num_warps = FUSED_CONFIG["small_warps"] if small else STEP_CONFIG["num_warps"]
+    if early_load is None:
+        early_load = FUSED_CONFIG["early_load"]
     counters = arrival_counters(zxbcdt.device, batch * H) if nsplit > 1 else state[0]
     y = torch.empty(batch, H * P, device=zxbcdt.device, dtype=zxbcdt.dtype)
     norm = w.norm if w.norm is not None else w.D
@@ -228,7 +263,7 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
         H, H // w.ngroups, N, P, w.n_angles, w.ngroups, nsplit, w.A_floor, w.eps,
         NB=triton.next_power_of_2(N), PBLK=pb, OUT_NORM=w.norm is not None, SYNC=nsplit > 1,
         DT_ROUND=torch.promote_types(zxbcdt.dtype, w.dt_bias.dtype) != torch.float32,
-        num_warps=num_warps or STEP_CONFIG["num_warps"],
+        EARLY=early_load, EVICT=STEP_CONFIG["evict"], num_warps=num_warps,
     )
     return y
 

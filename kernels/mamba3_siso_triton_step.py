@@ -22,8 +22,10 @@ from torch import Tensor
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
 
-# Launch settings of the step kernel: headdim rows per program and warps per program.
-STEP_CONFIG = {"pblk": 16, "num_warps": 4}
+# Launch settings of the step kernel: headdim rows per program, warps per program, the
+# state tile loaded first thing (its latency overlaps the q/k work) and streaming cache
+# hints on the state (evict first: it is touched once per step).
+STEP_CONFIG = {"pblk": 16, "num_warps": 4, "early_load": False, "evict": False}
 
 
 @triton.jit
@@ -50,14 +52,27 @@ def _last_arrival(COUNTER, bh, nsplit):
 
 
 @triton.jit
-def _update_rows(SSM, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
-                 alpha, beta_v_prev, gamma_v, k_prev, k, q):
-    """New state rows ``offs_p`` (stored) and their ``h q`` (returned)."""
+def _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT: tl.constexpr):
+    """State rows ``offs_p`` of one head (in the state's dtype)."""
     m2 = mask_p[:, None] & mask_n[None, :]
-    ptr = ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
-    ssm = tl.load(SSM + ptr, mask=m2, other=0.0).to(tl.float32)
-    ssm = alpha * ssm + beta_v_prev[:, None] * k_prev[None, :] + gamma_v[:, None] * k[None, :]
-    tl.store(SSM_OUT + ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
+    ptr = SSM + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+    if EVICT:
+        return tl.load(ptr, mask=m2, other=0.0, eviction_policy="evict_first")
+    return tl.load(ptr, mask=m2, other=0.0)
+
+
+@triton.jit
+def _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
+                  alpha, beta_v_prev, gamma_v, k_prev, k, q, EVICT: tl.constexpr):
+    """The new state rows from the loaded ``ssm`` (stored) and their ``h q`` (returned)."""
+    m2 = mask_p[:, None] & mask_n[None, :]
+    ptr = SSM_OUT + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+    ssm = (alpha * ssm.to(tl.float32) + beta_v_prev[:, None] * k_prev[None, :]
+           + gamma_v[:, None] * k[None, :])
+    if EVICT:
+        tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2, eviction_policy="evict_first")
+    else:
+        tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
     return tl.sum(ssm * q[None, :], 1)
 
 
@@ -70,12 +85,13 @@ def _step_kernel(
     ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
     nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
     NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    SYNC: tl.constexpr,
+    SYNC: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr,
 ):
     """Grid (batch, H, cdiv(P, PBLK)). Q, K (b, G, N); V, Z (b, H, P); gates (b, H);
     Angles (b, H, A); biases (H, N); the last axis of each has stride 1. States are
     contiguous: angle (b, H, A), ssm (b, H, P, N), k (b, H, N), v (b, H, P). ``SYNC``
-    (in place with several programs per head): the last program writes angle and k.
+    (in place with several programs per head): the last program writes angle and k;
+    ``EARLY``: the state tile is loaded first; ``EVICT``: streaming hints on the state.
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -85,6 +101,9 @@ def _step_kernel(
     mask_n = offs_n < d_state
     offs_p = pb * PBLK + tl.arange(0, PBLK)
     mask_p = offs_p < headdim
+    ssm_off = bh * headdim * d_state
+    if EARLY:
+        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
 
     dt = tl.load(DT + b * s_dtb + h * s_dth).to(tl.float32)
     adt = tl.load(ADT + b * s_adb + h * s_adh).to(tl.float32)
@@ -107,8 +126,10 @@ def _step_kernel(
 
     alpha = tl.exp(adt)
     beta = (1.0 - lam) * dt * alpha
-    y = _update_rows(SSM, SSM_OUT, bh * headdim * d_state, offs_p, mask_p, offs_n, mask_n,
-                     d_state, alpha, beta * v_prev, lam * dt * v, k_prev, k, q)
+    if not EARLY:
+        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+    y = _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
+                      alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT)
     if HAS_D:
         y += tl.load(D + h).to(tl.float32) * v
     if HAS_Z:
@@ -145,8 +166,10 @@ def step_split(headdim: int, pblk: int | None = None) -> tuple[int, int]:
 
 
 def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
-                pblk: int | None = None, num_warps: int | None = None) -> None:
-    """Run the step kernel; ``state`` and ``out_state`` (may alias) are contiguous tuples."""
+                pblk: int | None = None, num_warps: int | None = None,
+                early_load: bool | None = None, evict: bool | None = None) -> None:
+    """Run the step kernel; ``state`` and ``out_state`` (may alias) are contiguous tuples.
+    Settings not given come from ``STEP_CONFIG``."""
     batch, nheads, headdim = V.shape
     ngroups, d_state = Q.shape[1], Q.shape[2]
     n_angles = Angles.shape[2]
@@ -163,6 +186,8 @@ def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out
         nheads, nheads // ngroups, d_state, headdim, n_angles, nsplit,
         NB=triton.next_power_of_2(d_state), PBLK=pb,
         HAS_D=D is not None, HAS_Z=Z is not None, SYNC=sync,
+        EARLY=STEP_CONFIG["early_load"] if early_load is None else early_load,
+        EVICT=STEP_CONFIG["evict"] if evict is None else evict,
         num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
 

@@ -15,6 +15,7 @@ from mamba3_integrations.kernels.attention_decode_triton import (
     fused_attention_decode_supported,
     rope_append_triton,
 )
+from mamba3_integrations.kernels.linear_decode import decode_linear
 from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
 from mamba3_integrations.modeling.rotary import RotaryEmbedding
 
@@ -104,7 +105,8 @@ class Attention(nn.Module):
         positions are never attended to and rotary positions start after them.
         """
         b, seqlen, _ = x.shape
-        qkv = self.in_proj(x)
+        decode = cache is not None and seqlen == 1
+        qkv = self._project(self.in_proj, x, decode)
         if self.mlp_dim:
             qkv, side = qkv.split([self.qkv_dim, self.mlp_dim], dim=-1)
             up, gate = side.chunk(2, dim=-1)
@@ -118,7 +120,7 @@ class Attention(nn.Module):
             context = self._decode_fused(qkv[:, 0], cache, pad_lengths).flatten(-2)[:, None]
             if self.mlp_dim:
                 context = torch.cat((context, side), dim=-1)
-            return self.out_proj(context)
+            return self._project(self.out_proj, context, decode)
         q, k, v = qkv.split([self.num_heads * self.head_dim,
                              self.num_heads_kv * self.head_dim,
                              self.num_heads_kv * self.head_dim], dim=-1)
@@ -143,7 +145,12 @@ class Attention(nn.Module):
         context = context.flatten(-2)
         if self.mlp_dim:
             context = torch.cat((context, side), dim=-1)
-        return self.out_proj(context)
+        return self._project(self.out_proj, context, decode)
+
+    @staticmethod
+    def _project(layer: nn.Linear, x: Tensor, decode: bool) -> Tensor:
+        """``layer(x)``; one decode token through the GEMV kernel (``decode_linear``)."""
+        return decode_linear(x, layer.weight, layer.bias) if decode else layer(x)
 
     def _decode_fused(self, qkv: Tensor, cache: KVCache | SlidingWindowCache,
                       pad_lengths: Tensor | None) -> Tensor:

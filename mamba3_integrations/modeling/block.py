@@ -73,4 +73,5 @@ class Block(nn.Module):
         if self.mlp is None:
             return hidden, residual
         hidden, residual = self._step_add_norm(hidden, residual, self.norm2)
-        return self.mlp(hidden), residual
+        step = getattr(self.mlp, "step", self.mlp)
+        return step(hidden), residual

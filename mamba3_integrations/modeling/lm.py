@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from mamba3_integrations.errors import InputError
 from mamba3_integrations.kernels.add_rms_norm import add_rms_norm
 from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
+from mamba3_integrations.kernels.linear_decode import decode_linear
 from mamba3_integrations.modeling.attention import Attention
 from mamba3_integrations.modeling.block import Block
 from mamba3_integrations.modeling.cache import InferenceCache
@@ -203,4 +204,5 @@ class Mamba3LMHeadModel(nn.Module):
         for block, layer_cache in zip(self.backbone.layers, cache.layers, strict=True):
             hidden, residual = block.step(hidden, residual, layer_cache, cache.seqlen,
                                           cache.pad_lengths)
-        return self.lm_head(self.backbone.step_final_norm(hidden, residual))
+        hidden = self.backbone.step_final_norm(hidden, residual)
+        return decode_linear(hidden, self.lm_head.weight, self.lm_head.bias)

@@ -15,6 +15,7 @@ from mamba3_integrations.kernels import (
     mamba3_scan,
     mamba3_step,
 )
+from mamba3_integrations.kernels.linear_decode import decode_linear
 from mamba3_integrations.kernels.mamba3_siso_fused_step import (
     SisoStepWeights,
     fused_step_supported,
@@ -205,11 +206,13 @@ class Mamba3Mixer(nn.Module):
         """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place.
 
         SISO on CUDA: ``in_proj``, one fused kernel (``mamba3_fused_step``: everything
-        between the projections, state update included), ``out_proj``."""
+        between the projections, state update included), ``out_proj``; the projections
+        of one row through the GEMV kernel (``decode_linear``)."""
         if not self.is_mimo and fused_step_supported(self.in_proj.weight, self.step_weights()):
             state = (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
-            y = mamba3_fused_step_triton(self.in_proj(u), state, self.step_weights())
-            return self.out_proj(y.to(u.dtype))
+            zxbcdt = decode_linear(u, self.in_proj.weight, self.in_proj.bias)
+            y = mamba3_fused_step_triton(zxbcdt, state, self.step_weights())
+            return decode_linear(y.to(u.dtype), self.out_proj.weight, self.out_proj.bias)
         p = self._project(u)
         if self.is_mimo:
             y, _ = mamba3_mimo_step(**self._mimo_args(p), ADT=p["ADT"], DT=p["DT"],

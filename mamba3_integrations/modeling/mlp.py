@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamba3_integrations.kernels.linear_decode import decode_linear
+
 
 class GatedMLP(nn.Module):
     """Official GatedMLP: hidden size rounded up to a multiple of 128, no biases."""
@@ -19,3 +21,8 @@ class GatedMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y, gate = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(y * F.silu(gate))
+
+    def step(self, x: Tensor) -> Tensor:
+        """``forward`` for one decode token (b, d): one row through the GEMV kernel."""
+        y, gate = decode_linear(x, self.fc1.weight).chunk(2, dim=-1)
+        return decode_linear(y * F.silu(gate), self.fc2.weight)

@@ -1,6 +1,6 @@
 """Decode kernels against their PyTorch twins on small awkward shapes: the split SISO step,
-the fused mixer step, add + RMSNorm, rotary/cache write and split-KV attention; the mixer
-and the whole model decoding with them against the unfused path.
+the fused mixer step, the one-row GEMV, add + RMSNorm, rotary/cache write and split-KV
+attention; the mixer and the whole model decoding with them against the unfused path.
 
 Without CUDA the kernels run under Triton's interpreter (``tests/conftest.py``).
 """
@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 tl = pytest.importorskip("triton.language")
 
-from mamba3_integrations.kernels import attention_decode_triton  # noqa: E402
+from mamba3_integrations.kernels import attention_decode_triton, linear_decode  # noqa: E402
 from mamba3_integrations.kernels import mamba3_siso_triton_step as step_mod  # noqa: E402
 from mamba3_integrations.kernels.add_rms_norm import (  # noqa: E402
     add_rms_norm_reference,
@@ -30,6 +30,7 @@ from mamba3_integrations.kernels.attention_decode_triton import (  # noqa: E402
     rope_append_triton,
 )
 from mamba3_integrations.kernels.mamba3_siso_fused_step import (  # noqa: E402
+    fused_split,
     mamba3_fused_step_reference,
     mamba3_fused_step_triton,
 )
@@ -44,11 +45,13 @@ if not CUDA and type(tl.sum).__name__ != "InterpretedFunction":
                 "`TRITON_INTERPRET=1 pytest tests/kernels`", allow_module_level=True)
 
 
-@pytest.mark.parametrize("pblk,num_warps", [(4, 1), (8, 2), (32, 4)])
+@pytest.mark.parametrize("pblk,num_warps,early,evict", [
+    (4, 1, False, False), (8, 2, True, True), (32, 4, True, False)])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_split_step_matches_reference(pblk, num_warps, inplace):
+def test_split_step_matches_reference(pblk, num_warps, early, evict, inplace):
     """headdim 20 in blocks of 4, 8 (a partial block) or one block; in place, the last
-    program of a head writes angle and k, and leaves the arrival counters at zero."""
+    program of a head writes angle and k, and leaves the arrival counters at zero; the
+    state loaded first or late, with or without streaming hints."""
     x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=11)
     want_y, want = mamba3_step_reference(**x, state=state)
     mine = tuple(s.clone() for s in state)
@@ -56,7 +59,7 @@ def test_split_step_matches_reference(pblk, num_warps, inplace):
     y = torch.empty_like(x["V"])
     step_mod.launch_step(x["Q"], x["K"], x["V"], x["ADT"], x["DT"], x["Trap"], x["Q_bias"],
                          x["K_bias"], x["Angles"].contiguous(), x["D"], x["Z"], mine, out, y,
-                         pblk=pblk, num_warps=num_warps)
+                         pblk=pblk, num_warps=num_warps, early_load=early, evict=evict)
     assert rel_err(y, want_y) < 1e-5
     for name, got, ref in zip(STATE, out, want, strict=True):
         assert rel_err(got, ref) < 1e-5, name
@@ -85,10 +88,14 @@ def random_cache(mixer, batch, seed):
     return cache
 
 
-@pytest.mark.parametrize("is_outproj_norm,cast", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("is_outproj_norm,cast,pblk,early", [
+    (False, False, 4, False), (True, False, 4, True), (False, True, 4, True),
+    (False, False, None, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_step_matches_reference(is_outproj_norm, cast, dtype):
-    """``cast``: a model converted with ``.to(dtype)`` (dt_bias, D and biases 16-bit too)."""
+def test_fused_step_matches_reference(is_outproj_norm, cast, pblk, early, dtype):
+    """``cast``: a model converted with ``.to(dtype)`` (dt_bias, D and biases 16-bit too);
+    ``pblk`` None: the automatic split (few sequences: smaller blocks, several programs
+    per head); ``early``: the state tile loaded first."""
     mixer = make_mixer(dtype, is_outproj_norm=is_outproj_norm)
     if cast:
         mixer = mixer.to(dtype)
@@ -102,7 +109,7 @@ def test_fused_step_matches_reference(is_outproj_norm, cast, dtype):
     want = mamba3_fused_step_reference(
         zx, (ref_state.angle, ref_state.ssm, ref_state.k[:, 0], ref_state.v), w)
     got = mamba3_fused_step_triton(zx, (state.angle, state.ssm, state.k[:, 0], state.v), w,
-                                   pblk=4, num_warps=2)
+                                   pblk=pblk, num_warps=2, early_load=early)
     tol = 1e-5 if dtype == torch.float32 else 3e-3
     assert rel_err(got, want) < tol
     for name, a, b in zip(STATE, state.as_tuple(), ref_state.as_tuple(), strict=True):
@@ -125,6 +132,61 @@ def test_mixer_fused_step_equals_unfused(monkeypatch, is_outproj_norm):
         assert rel_err(a, b) < 1e-5
     for name, a, b in zip(STATE, got_cache.as_tuple(), want_cache.as_tuple(), strict=True):
         assert rel_err(a, b) < 1e-5, name
+
+
+def test_fused_split_fills_the_gpu_at_batch_one():
+    """Batch 1, 64 heads of 64: blocks of 8 rows (512 programs); large batches keep the step
+    kernel's blocks; the gated RMSNorm keeps whole heads."""
+    assert fused_split(1, 64, 64, False) == (8, 8, True)
+    pb = step_mod.STEP_CONFIG["pblk"]
+    assert fused_split(128, 64, 64, False) == (pb, 64 // pb, False)
+    assert fused_split(1, 64, 64, True) == (64, 1, False)
+    assert fused_split(1, 4, 12, False, pblk=4) == (4, 3, False)
+
+
+# ------------------------------------------------------------ one-row GEMV
+@pytest.mark.parametrize("n_out,k_in,block_n,block_k", [
+    (37, 45, 8, 16),  # N and K not multiples of the blocks
+    (5, 100, 4, 32),  # fewer rows than one block
+    (64, 96, 8, 32),  # even K (no masks), several K tiles
+    (24, 24, 16, 64),  # one K tile wider than K
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_linear(n_out, k_in, block_n, block_k, dtype, bias):
+    """The GEMV kernel against F.linear in float32 rounded once to the dtype: one row, and
+    three rows (the kernel's row axis); a row stride longer than the row."""
+    g = torch.Generator().manual_seed(n_out + k_in)
+    w = torch.randn(n_out, k_in, generator=g).to(DEVICE, dtype)
+    b = torch.randn(n_out, generator=g).to(DEVICE, dtype) if bias else None
+    for rows in (1, 3):
+        x = torch.randn(rows, k_in + 3, generator=g).to(DEVICE, dtype)[:, :k_in]
+        want = torch.nn.functional.linear(x.float(), w.float(),
+                                          None if b is None else b.float()).to(dtype)
+        got = linear_decode.linear_decode_triton(x, w, b, block_n=block_n, block_k=block_k,
+                                                 num_warps=2)
+        assert got.dtype == dtype and got.shape == (rows, n_out)
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_decode_linear_dispatch(monkeypatch):
+    """The kernel for one row with the fused decode on; F.linear for more rows, mixed
+    dtypes, autograd, or the fused decode off (the results say which ran: none differ)."""
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "1")
+    w = torch.randn(6, 8, device=DEVICE)
+    x = torch.randn(1, 1, 8, device=DEVICE)
+    assert linear_decode.linear_decode_supported(x, w)
+    assert linear_decode.decode_linear(x, w).shape == (1, 1, 6)
+    assert not linear_decode.linear_decode_supported(torch.randn(2, 8, device=DEVICE), w)
+    assert not linear_decode.linear_decode_supported(x.half(), w)
+    assert not linear_decode.linear_decode_supported(x, w.requires_grad_())
+    with torch.no_grad():
+        assert linear_decode.linear_decode_supported(x, w)
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "0")
+    assert not linear_decode.linear_decode_supported(x, w.detach())
+    with pytest.raises(ValueError, match="features"):
+        linear_decode.linear_decode_triton(torch.randn(1, 7, device=DEVICE), w.detach())
 
 
 # ------------------------------------------------------------ add + RMSNorm
@@ -185,10 +247,12 @@ def test_rope_append_and_cache_attention_match_reference(window, position, inter
 
 
 # ------------------------------------------------------------ whole model
-def test_model_fused_decode_equals_unfused(monkeypatch):
+@pytest.mark.parametrize("batch", [2, 1])
+def test_model_fused_decode_equals_unfused(monkeypatch, batch):
     """A float32 hybrid (Mamba-3 with is_outproj_norm and ngroups 2, global and sliding-window
     attention with conv, GatedMLP), left padding, the ring wrapping: decode through the
-    capture-safe path with every fused kernel against the unfused one."""
+    capture-safe path with every fused kernel against the unfused one. Batch 1 also takes
+    the GEMV kernel for every projection and the LM head."""
     from mamba3_integrations.modeling import Mamba3LMHeadModel
     from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
     from tests.fixtures import hybrid_config
@@ -203,10 +267,11 @@ def test_model_fused_decode_equals_unfused(monkeypatch):
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(4)).to(DEVICE)
     mask = torch.ones(2, 4, dtype=torch.long, device=DEVICE)
     mask[1, :2] = 0
+    ids, mask = ids[:batch], mask[:batch]
     logits = {}
     for fused in ("0", "1"):
         monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
-        cache = model.allocate_cache(2, capacity=16)
+        cache = model.allocate_cache(batch, capacity=16)
         model(ids[:, :4], attention_mask=mask, cache=cache)
         position = torch.tensor(4, device=DEVICE)
         for c in cache.layers:
