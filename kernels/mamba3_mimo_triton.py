@@ -92,12 +92,16 @@ class FwdConfig:
 
     rows: int = 64
     chunk: int = 128
-    num_warps: int = 4
+    num_warps: int = 8
     state_warps: int = 4
     pass_rows: int = 16
+    stages: int = 1  # software pipelining of the chunk loops (1: none, registers only)
 
 
 DEFAULT_CONFIG = FwdConfig()
+# The compiled kernels of the latest forward launch by name (their ``n_regs``, ``n_spills``
+# and ``metadata.shared`` on CUDA), for the benchmark's resource report.
+LAST_KERNELS: dict[str, object] = {}
 
 
 def _chunk_table(cu: Tensor, chunk: int) -> tuple[Tensor, Tensor, int]:
@@ -157,7 +161,8 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     z = Z if Z is not None else V
     in_dtype = V.dtype if V.dtype in (torch.float16, torch.bfloat16) else torch.float32
     bp = max(16, triton.next_power_of_2(headdim))
-    common = dict(IS_VARLEN=cu is not None, PRECISION=_precision(V))
+    common = dict(IS_VARLEN=cu is not None, PRECISION=_precision(V),
+                  FAST=V.is_cuda and V.dtype in (torch.float16, torch.bfloat16))
 
     def kernel(chunk_rows: int) -> None:
         ct, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
@@ -176,26 +181,27 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
         theta = torch.empty_like(a_inc)
         blocks = dict(CHUNK=chunk, CT=ct, RP=rp, BH=bh, BP=bp, **common)
         if nchunks:
-            _mimo_chunk_state_kernel[(nchunks, nheads)](
+            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[(nchunks, nheads)](
                 K, V, Angles, *scalars, kb, mv, table, states, a_tot, a_inc,
                 seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
                 *K.stride(), *V.stride(), *Angles.stride()[:3], **blocks,
-                num_warps=config.state_warps)
+                num_warps=config.state_warps, num_stages=config.stages)
         rb = min(config.pass_rows, bp)
-        _mimo_state_pass_kernel[(nseq, nheads, triton.cdiv(headdim, rb))](
+        LAST_KERNELS["state_pass"] = _mimo_state_pass_kernel[
+            (nseq, nheads, triton.cdiv(headdim, rb))](
             states, a_tot, a_inc, start if start is not None else dummy, angle0, seq_chunk,
             s_in, theta, fin_ssm, fin_angle, cps, nheads, headdim, d_state // 2, n_angles,
             RB=rb, BH=bh, HAS_START=start is not None, RETURN_STATE=return_state,
             IS_VARLEN=cu is not None, num_warps=4)
         if nchunks:
-            _mimo_chunk_scan_kernel[(nchunks, nheads)](
+            LAST_KERNELS["chunk_scan"] = _mimo_chunk_scan_kernel[(nchunks, nheads)](
                 Q, K, V, z, Angles, *scalars, qb, kb, mv, *opt, s_in, theta, table,
                 out, fin_k,
                 seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
                 NORM_EPS, *Q.stride(), *V.stride(), *z.stride(), *Angles.stride()[:3], *so,
                 HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None,
                 REDUCE_O=reduce_o, RETURN_STATE=return_state, **blocks,
-                num_warps=config.num_warps)
+                num_warps=config.num_warps, num_stages=config.stages)
 
     _launch(kernel, config.rows)
     if not return_state:

@@ -36,6 +36,47 @@ def _tanh(x):
 
 
 @triton.jit
+def _wrap(x):
+    return x - TWO_PI * tl.floor(x / TWO_PI)
+
+
+@triton.jit
+def _cos_sin(x, FAST: tl.constexpr):
+    """cos and sin of ``x`` in [0, 2*pi); FAST uses the hardware approximations (absolute
+    error ~1e-6, for 16-bit inputs) instead of the libdevice functions."""
+    if FAST:
+        c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        c = tl.cos(x)
+        s = tl.sin(x)
+    return c, s
+
+
+@triton.jit
+def _to_rows(x, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr):
+    """(CT, BH) per token -> (CT * RP, BH) per row (the token's value on each rank row)."""
+    return tl.reshape(tl.broadcast_to(x[:, None, :], (CT, RP, BH)), (CT * RP, BH))
+
+
+@triton.jit
+def _token_rotary(ANG, ang_base, sa_l, DT, dt_base, tt, tok_ok, n, angle_ok, theta_run,
+                  CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr, FAST: tl.constexpr):
+    """cos and sin (rows x BH) of the angles of the tokens ``tt`` (the running sum of
+    ``pi*tanh(angle)*dt`` after ``theta_run``), computed once per token (not per rank row),
+    and the running angle after them. Pairs past ``n_angles`` get cos 1, sin 0."""
+    m = tok_ok[:, None] & angle_ok[None, :]
+    ang = tl.load(ANG + ang_base + tt[:, None] * sa_l + n[None, :], mask=m, other=0.0)
+    dt = tl.load(DT + dt_base + tt, mask=tok_ok, other=0.0).to(tl.float32)
+    inc = _tanh(ang.to(tl.float32)) * dt[:, None] * PI
+    theta = _wrap(theta_run[None, :] + tl.cumsum(inc, 0))
+    c, s = _cos_sin(theta, FAST)
+    return _to_rows(c, CT, RP, BH), _to_rows(s, CT, RP, BH), theta_run + tl.sum(inc, 0)
+
+
+@triton.jit
 def _chunk_bounds(pid, CHUNKS, seqlen, chunks_per_seq, CHUNK: tl.constexpr,
                   IS_VARLEN: tl.constexpr):
     """(batch row, sequence, first token, end token, sequence end) of chunk ``pid``.
@@ -87,13 +128,6 @@ def _chunk_weights(t, first, adt, w, gamma, valid):
 
 
 @triton.jit
-def _angle_increments(ANG, ang_at, n, first, angle_ok, dt):
-    """``pi * tanh(angle) * dt`` per row (rows x BH), nonzero on first-rank rows only."""
-    ang = tl.load(ANG + ang_at + n[None, :], mask=first[:, None] & angle_ok[None, :], other=0.0)
-    return _tanh(ang.to(tl.float32)) * dt[:, None] * PI
-
-
-@triton.jit
 def _rotated_rows(X, x_at, XB, bias_at, n, sn, half, mask, cos, sin):
     """Low and high halves (rows x BH, float32, zero outside ``mask``) of
     ``rot(X + bias)``; ``x_at`` (rows, 1) and ``bias_at`` (rows, 1) point at the rows."""
@@ -112,7 +146,7 @@ def _mimo_chunk_state_kernel(
     sv_b, sv_l, sv_h, sv_p,
     sa_b, sa_l, sa_h,
     CHUNK: tl.constexpr, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr,
-    BP: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    BP: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
 ):
     """Chunk ``pid`` of head ``h``: ``S'_c = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` (P, N)
     float32 in the chunk's local rotary frame, its total decay and angle increment.
@@ -141,35 +175,34 @@ def _mimo_chunk_state_kernel(
     theta_run = tl.zeros((BH,), dtype=tl.float32)
     a_run = tl.sum(theta_run, 0)  # a float32 zero
     scalar_base = (row64 * nheads + h) * seqlen
+    ang_base = row64 * sa_b + h * sa_h
+    k_base = row64 * sk_b + r[:, None] * sk_r + g * sk_g
+    bias_at = (h * rank + r[:, None]) * 2 * half
     for sub in range(0, tl.cdiv(end - start, CT)):
-        tok = start + sub * CT + t
+        tok0 = start + sub * CT
+        tok = tok0 + t
         valid = (tok < end) & rank_ok
         first = valid & (r == 0)
         adt, dt, gamma, w = _row_scalars(ADT, DT, TRAP, scalar_base, tok, seq_end, valid)
         adt_first = tl.where(first, adt, 0.0)
-        acum = tl.cumsum(adt_first, 0)
         total = tl.sum(adt_first, 0)
-        inc = _angle_increments(ANG, row64 * sa_b + tok[:, None] * sa_l + h * sa_h, n, first,
-                                angle_ok, dt)
-        theta = theta_run[None, :] + tl.cumsum(inc, 0)
-        theta_run += tl.sum(inc, 0)
+        acum = tl.cumsum(adt_first, 0)
+        tt = tok0 + tl.arange(0, CT)
+        cos, sin, theta_run = _token_rotary(ANG, ang_base, sa_l, DT, scalar_base, tt, tt < end,
+                                            n, angle_ok, theta_run, CT, RP, BH, FAST)
         mask = valid[:, None] & n_ok[None, :]
-        k_lo, k_hi = _rotated_rows(
-            K, row64 * sk_b + tok[:, None] * sk_l + r[:, None] * sk_r + g * sk_g,
-            KB, (h * rank + r[:, None]) * 2 * half, n, sk_n, half, mask, tl.cos(theta),
-            tl.sin(theta))
+        k_lo, k_hi = _rotated_rows(K, k_base + tok[:, None] * sk_l, KB, bias_at, n, sk_n, half,
+                                   mask, cos, sin)
         v_mask = valid[:, None] & p_ok[None, :]
         v = tl.load(V + row64 * sv_b + tok[:, None] * sv_l + h * sv_h + p[None, :] * sv_p,
                     mask=v_mask, other=0.0).to(tl.float32)
+        coef = tl.where(valid, tl.exp(total - acum) * w, 0.0)
         v *= tl.load(MV + (h * rank + r[:, None]) * headdim + p[None, :], mask=v_mask,
-                     other=0.0).to(tl.float32)
+                     other=0.0).to(tl.float32) * coef[:, None]
         v_op = v.to(dtype)
-        to_end = tl.where(valid, tl.exp(total - acum) * w, 0.0)[:, None]
         decay = tl.exp(total)
-        s_lo = tl.dot(tl.trans((k_lo * to_end).to(dtype)), v_op, s_lo * decay,
-                      input_precision=PRECISION)
-        s_hi = tl.dot(tl.trans((k_hi * to_end).to(dtype)), v_op, s_hi * decay,
-                      input_precision=PRECISION)
+        s_lo = tl.dot(tl.trans(k_lo.to(dtype)), v_op, s_lo * decay, input_precision=PRECISION)
+        s_hi = tl.dot(tl.trans(k_hi.to(dtype)), v_op, s_hi * decay, input_precision=PRECISION)
         a_run += total
 
     ch = pid.to(tl.int64) * nheads + h
@@ -261,7 +294,7 @@ def _mimo_chunk_scan_kernel(
     CHUNK: tl.constexpr, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr,
     BP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
     REDUCE_O: tl.constexpr, RETURN_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, FAST: tl.constexpr,
 ):
     """Output of chunk ``pid`` of head ``h`` (and the last token's k when the sequence
     ends in it). Q and K share strides; SIN (.., P, N) and THETA (.., A) from the state
@@ -295,49 +328,54 @@ def _mimo_chunk_scan_kernel(
         d_skip = tl.load(DSKIP + h).to(tl.float32)
 
     scalar_base = (row64 * nheads + h) * seqlen
+    ang_base = row64 * sa_b + h * sa_h
+    qk_base = row64 * sq_b + r[:, None] * sq_r + g * sq_g
     bias_at = (h * rank + r[:, None]) * 2 * half
     proj_at = (h * rank + r[:, None]) * headdim + p[None, :]
     n_sub = tl.cdiv(end - start, CT)
     for sub in range(0, n_sub):
-        tok = start + sub * CT + t
+        tok0 = start + sub * CT
+        tok = tok0 + t
         valid = (tok < end) & rank_ok
         first = valid & (r == 0)
         adt, dt, gamma, w = _row_scalars(ADT, DT, TRAP, scalar_base, tok, seq_end, valid)
         acum, total, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
-        inc = _angle_increments(ANG, row64 * sa_b + tok[:, None] * sa_l + h * sa_h, n, first,
-                                angle_ok, dt)
-        theta = theta_run[None, :] + tl.cumsum(inc, 0)
-        theta_run += tl.sum(inc, 0)
-        cos = tl.cos(theta)
-        sin = tl.sin(theta)
+        tt = tok0 + tl.arange(0, CT)
+        cos, sin, theta_run = _token_rotary(ANG, ang_base, sa_l, DT, scalar_base, tt, tt < end,
+                                            n, angle_ok, theta_run, CT, RP, BH, FAST)
 
         qk_mask = valid[:, None] & n_ok[None, :]
-        qk_at = row64 * sq_b + tok[:, None] * sq_l + r[:, None] * sq_r + g * sq_g
+        qk_at = qk_base + tok[:, None] * sq_l
         q_lo, q_hi = _rotated_rows(Q, qk_at, QB, bias_at, n, sq_n, half, qk_mask, cos, sin)
         q_lo = q_lo.to(dtype)
         q_hi = q_hi.to(dtype)
         k_lo, k_hi = _rotated_rows(K, qk_at, KB, bias_at, n, sq_n, half, qk_mask, cos, sin)
+        if RETURN_STATE:  # the last token's k
+            last = qk_mask & (tok == seq_end - 1)[:, None]
+            k_at = ((seq * rank + r[:, None]) * nheads + h) * 2 * half + n[None, :]
+            tl.store(FIN_K + k_at, k_lo.to(FIN_K.dtype.element_ty), mask=last)
+            tl.store(FIN_K + k_at + half, k_hi.to(FIN_K.dtype.element_ty), mask=last)
+        k_lo = k_lo.to(dtype)
+        k_hi = k_hi.to(dtype)
 
         v_mask = valid[:, None] & p_ok[None, :]
         v = tl.load(V + row64 * sv_b + tok[:, None] * sv_l + h * sv_h + p[None, :] * sv_p,
                     mask=v_mask, other=0.0).to(tl.float32)
         v *= tl.load(MV + proj_at, mask=v_mask, other=0.0).to(tl.float32)
-        v_op = v.to(dtype)
 
-        scores = tl.dot(q_lo, tl.trans(k_lo.to(dtype)), input_precision=PRECISION)
-        scores = tl.dot(q_hi, tl.trans(k_hi.to(dtype)), scores, input_precision=PRECISION)
-        y = tl.dot((scores * weights).to(dtype), v_op, input_precision=PRECISION)
+        scores = tl.dot(q_lo, tl.trans(k_lo), input_precision=PRECISION)
+        scores = tl.dot(q_hi, tl.trans(k_hi), scores, input_precision=PRECISION)
+        y = tl.dot((scores * weights).to(dtype), v.to(dtype), input_precision=PRECISION)
         inter = tl.dot(q_lo, st_lo.to(dtype), input_precision=PRECISION)
         inter = tl.dot(q_hi, st_hi.to(dtype), inter, input_precision=PRECISION)
         y += tl.exp(acum)[:, None] * inter
 
         if sub + 1 < n_sub:  # the state entering the next sub-chunk
-            to_end = tl.where(valid, tl.exp(total - acum) * w, 0.0)[:, None]
+            coef = tl.where(valid, tl.exp(total - acum) * w, 0.0)
+            vs = (v * coef[:, None]).to(dtype)
             decay = tl.exp(total)
-            st_lo = tl.dot(tl.trans((k_lo * to_end).to(dtype)), v_op, st_lo * decay,
-                           input_precision=PRECISION)
-            st_hi = tl.dot(tl.trans((k_hi * to_end).to(dtype)), v_op, st_hi * decay,
-                           input_precision=PRECISION)
+            st_lo = tl.dot(tl.trans(k_lo), vs, st_lo * decay, input_precision=PRECISION)
+            st_hi = tl.dot(tl.trans(k_hi), vs, st_hi * decay, input_precision=PRECISION)
 
         if HAS_D:
             y += d_skip * v
@@ -358,11 +396,6 @@ def _mimo_chunk_scan_kernel(
         else:
             tl.store(OUT + row64 * so_b + tok[:, None] * so_l + r[:, None] * so_r + h * so_h
                      + p[None, :] * so_p, y.to(OUT.dtype.element_ty), mask=v_mask)
-        if RETURN_STATE:  # the last token's k
-            last = qk_mask & (tok == seq_end - 1)[:, None]
-            k_at = ((seq * rank + r[:, None]) * nheads + h) * 2 * half + n[None, :]
-            tl.store(FIN_K + k_at, k_lo.to(FIN_K.dtype.element_ty), mask=last)
-            tl.store(FIN_K + k_at + half, k_hi.to(FIN_K.dtype.element_ty), mask=last)
 
 
 def kernel_blocks(rank: int, d_state: int, rows: int = 64) -> tuple[int, int, int]:
