@@ -9,6 +9,9 @@ as such. Prints a table, writes ``e2e.json`` and ``e2e.png``.
 
     python benchmarks/bench_end_to_end.py [--contexts 4096 16384 65536 131072] [--out DIR]
     python benchmarks/bench_end_to_end.py --quick --out DIR   # decode check, ~2 minutes
+
+``--tuning siso_kernels.json`` takes the kernel settings a ``bench_siso_kernels.py`` run
+found fastest (prefill, step, fused step, GEMV per projection shape).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 import triton
 from triton.testing import do_bench
 
+from mamba3_integrations.kernels import linear_decode
+from mamba3_integrations.kernels import mamba3_siso_fused_step as fused_step
 from mamba3_integrations.kernels import mamba3_siso_triton as siso
 from mamba3_integrations.kernels import mamba3_siso_triton_step as siso_step
 from mamba3_integrations.modeling import Mamba3LMHeadModel
@@ -290,6 +295,23 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def apply_decode_tuning(best: dict) -> None:
+    """The fused step's small-batch split and the GEMV settings per shape (shapes where
+    cuBLAS was faster keep ``F.linear``) from a ``--decode-check`` run."""
+    if "fused" in best:
+        pb = best["fused"]["pblk"]
+        # 64 heads of 64 at batch 1 split into exactly ``pb`` rows per program.
+        fused_step.FUSED_CONFIG.update(min_pblk=pb, min_programs=64 * triton.cdiv(64, pb),
+                                       small_warps=best["fused"]["warps"],
+                                       early_load=best["fused"]["early"])
+    for shape, cfg in best.get("gemv", {}).items():
+        n, k = (int(v) for v in shape.split("x"))
+        if cfg is None:
+            linear_decode.CUBLAS_SHAPES.add((n, k))
+        else:
+            linear_decode.GEMV_SHAPES[(n, k)] = cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 65536, 131072])
@@ -321,7 +343,10 @@ def main() -> None:
             siso.TUNING["state_warps"] = best.get("state_warps") or None
             siso.TUNING["state_stages"] = best.get("state_stages") or None
         if "step_pblk" in best:
-            siso_step.STEP_CONFIG.update(pblk=best["step_pblk"], num_warps=best["step_warps"])
+            siso_step.STEP_CONFIG.update(pblk=best["step_pblk"], num_warps=best["step_warps"],
+                                         early_load=best.get("step_early", False),
+                                         evict=best.get("step_evict", False))
+        apply_decode_tuning(best)
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
     torch.manual_seed(0)
@@ -371,6 +396,12 @@ def main() -> None:
                   f"{r['decode_ms'] / r['decode_bound_ms']:.2f} | {r.get('kernels_per_token')} "
                   f"| {r.get('decode_ms_fused_0', float('nan')):.3f} | "
                   f"{r.get('logits_rel_diff_fused_vs_unfused', float('nan')):.1e} |")
+    for context, r in result["mamba3"].items():
+        if "oom" not in r and r.get("top_kernels"):
+            print(f"\ntop kernels per token at {context} (calls, us); total "
+                  f"{r['kernel_us_per_token']} us in {r['kernels_per_token']} kernels:")
+            for name, (calls, us) in r["top_kernels"].items():
+                print(f"  {us:8.1f} us  {calls:4d}  {name}")
     print(
         "\n| model | context | prefill tok/s | prefill peak GiB | decode tok/s | "
         "decode bound tok/s | decode peak GiB |"

@@ -6,6 +6,12 @@ bf16 state) against the memory bound (state read + written once at the measured 
 bandwidth). Prints tables, writes ``siso_kernels.json`` and ``siso_kernels.png``.
 
     python benchmarks/bench_siso_kernels.py [--out benchmarks/results] [--quick]
+    python benchmarks/bench_siso_kernels.py --decode-check --out DIR   # ~1 minute
+
+``--decode-check``: the one-row GEMV of the decode projections (variants against cuBLAS),
+the step kernel at batch 128 (rows, warps, early state load, streaming hints), the fused
+mixer step kernel at batch 1 (rows per program, warps, early load) and the whole mixer
+step; each variant checked against a reference before it is timed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
@@ -187,8 +194,11 @@ def step_bytes(batch: int, state_dtype: torch.dtype) -> int:
     return batch * (H * per_head + 2 * G * N * 2)
 
 
+# (pblk, warps[, early state load, streaming hints])
 STEP_VARIANTS = [(pblk, w) for pblk in (8, 16, 32, 64) for w in (1, 2, 4, 8)]
 STEP_VARIANTS_QUICK = [(16, 4), (16, 2), (32, 4), (8, 2), (64, 4)]
+STEP_VARIANTS_CHECK = [(16, 4, False, False), (32, 4, False, False), (32, 4, True, True)] + [
+    (64, w, early, evict) for w in (4, 8) for early in (False, True) for evict in (False, True)]
 
 
 def graph_us(fn, steps: int) -> float:
@@ -218,14 +228,17 @@ def step_error(batch: int, state_dtype: torch.dtype) -> float:
     return max(((a.double() - b).norm() / b.norm()).item() for a, b in pairs)
 
 
-def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_graph: int = 100):
-    """The step kernel at every (PBLK, warps) variant: checked, then timed in a graph."""
+def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_graph: int = 100,
+                 dtypes=(torch.float32, torch.bfloat16)):
+    """The step kernel at every (PBLK, warps[, early, evict]) variant: checked, then timed
+    in a graph."""
     rows = []
     default = dict(siso_step.STEP_CONFIG)
     for batch in batches:
-        for state_dtype, (pblk, num_warps) in itertools.product(
-                (torch.float32, torch.bfloat16), variants):
-            siso_step.STEP_CONFIG.update(pblk=pblk, num_warps=num_warps)
+        for state_dtype, variant in itertools.product(dtypes, variants):
+            pblk, num_warps, early, evict = (*variant, False, False)[:4]
+            siso_step.STEP_CONFIG.update(pblk=pblk, num_warps=num_warps, early_load=early,
+                                         evict=evict)
             err = step_error(batch, state_dtype)
             x, state = step_inputs(batch, state_dtype)
             step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
@@ -234,15 +247,136 @@ def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_gr
             bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
             name = "fp32" if state_dtype == torch.float32 else "bf16"
             rows.append({"batch": batch, "state": name, "pblk": pblk, "warps": num_warps,
-                         "graph_us": g_us, "eager_us": eager_us, "bound_us": bound_us,
+                         "early": early, "evict": evict, "graph_us": g_us,
+                         "eager_us": eager_us, "bound_us": bound_us,
                          "graph_over_bound": g_us / bound_us, "rel_err_vs_fp64": err,
                          "official_us": OFFICIAL_DECODE_US[batch]})
-            print(f"decode B={batch:<3} state={name} pblk={pblk:<2} warps={num_warps}  graph "
+            print(f"decode B={batch:<3} state={name} pblk={pblk:<2} warps={num_warps} "
+                  f"early={int(early)} evict={int(evict)}  graph "
                   f"{g_us:7.2f} us  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
                   f"(x{g_us / bound_us:4.2f})  err {err:.1e}", flush=True)
             del x, state
     siso_step.STEP_CONFIG.update(default)
     return rows
+
+
+GEMV_SHAPES = {  # (out_features, in_features) of the 1.3B hybrid's decode projections
+    "mamba in_proj": (8672, 2048),
+    "mamba out_proj": (2048, 4096),
+    "attn in_proj": (3072, 2048),
+    "attn out_proj": (2048, 2048),
+    "lm_head": (50280, 2048),
+}
+# (BLOCK_N, BLOCK_K, warps, stages)
+GEMV_VARIANTS = [(4, 512, 4, 1), (8, 512, 4, 1), (16, 512, 4, 1), (4, 1024, 4, 1),
+                 (8, 1024, 4, 1), (8, 256, 2, 1), (16, 256, 4, 1), (32, 256, 8, 1),
+                 (8, 512, 4, 3), (16, 512, 8, 3)]
+NOMINAL_TBPS = 3.0  # the H100's bandwidth the targets are stated against
+
+
+def bench_gemv(bandwidth: float, variants=GEMV_VARIANTS) -> tuple[list[dict], dict]:
+    """The one-row bf16 GEMV at each variant and cuBLAS (``F.linear``) on the model's
+    projection shapes, each checked against float32; the weights cycle through copies
+    worth 256 MiB so that no call finds its weight in L2 (as in the model's decode).
+    Returns the rows and the fastest settings per shape (``None``: cuBLAS is faster)."""
+    from mamba3_integrations.kernels import linear_decode
+
+    rows, best = [], {}
+    for name, (n, k) in GEMV_SHAPES.items():
+        nbytes = n * k * 2
+        copies = max(2, -(-256 * 2**20 // nbytes))
+        g = torch.Generator(device="cuda").manual_seed(n + k)
+        ws = [torch.randn(n, k, generator=g, device="cuda").to(torch.bfloat16) * k**-0.5
+              for _ in range(copies)]
+        x = torch.randn(1, k, generator=g, device="cuda").to(torch.bfloat16)
+        ref = F.linear(x.float(), ws[0].float())
+
+        def err_of(y, ref=ref):
+            return ((y.float() - ref).norm() / ref.norm()).item()
+
+        def cycle(fn, ws=ws, x=x):
+            for w in ws:
+                fn(x, w)
+
+        cublas_us = graph_us(lambda: cycle(F.linear), 4) / 4 / copies
+        cublas_err = err_of(F.linear(x, ws[0]))
+        timed = [("cublas", cublas_us, cublas_err, None)]
+        for bn, bk, nw, st in variants:
+            cfg = dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=st)
+            err = err_of(linear_decode.linear_decode_triton(x, ws[0], **cfg))
+            if not err < 1e-2:
+                raise AssertionError(f"GEMV {name} {cfg}: rel err {err:.1e} vs float32")
+            us = graph_us(lambda c=cfg: cycle(
+                lambda a, w: linear_decode.linear_decode_triton(a, w, **c)), 4) / 4 / copies
+            timed.append((f"bn={bn} bk={bk} w={nw} st={st}", us, err, cfg))
+        for label, us, err, cfg in timed:
+            gbs = nbytes / (us * 1e-6) / 1e9
+            row = {"shape": name, "n": n, "k": k, "variant": label, "us": us, "GBps": gbs,
+                   "of_nominal": gbs / (NOMINAL_TBPS * 1e3), "of_copy": gbs * 1e9 / bandwidth,
+                   "rel_err_vs_fp32": err, "config": cfg}
+            rows.append(row)
+            print(f"gemv {name:14} N={n:<5} K={k:<4} {label:26} {us:7.2f} us "
+                  f"{gbs:6.0f} GB/s  {row['of_nominal']:5.1%} of {NOMINAL_TBPS} TB/s  "
+                  f"{row['of_copy']:5.1%} of copy  err {err:.1e}", flush=True)
+        fastest = min(timed[1:], key=lambda t: t[1])
+        best[f"{n}x{k}"] = fastest[3] if fastest[1] < cublas_us else None
+        print(f"gemv {name}: fastest {fastest[0]} {fastest[1]:.2f} us vs cuBLAS "
+              f"{cublas_us:.2f} us", flush=True)
+        del ws
+        torch.cuda.empty_cache()
+    return rows, best
+
+
+FUSED_VARIANTS = [(pblk, w, early) for pblk, w in ((4, 1), (4, 2), (8, 1), (8, 2), (16, 2),
+                                                   (16, 4)) for early in (False, True)]
+
+
+def bench_fused_step(batch: int = 1, layers: int = 44,
+                     variants=FUSED_VARIANTS) -> tuple[list[dict], dict]:
+    """The fused SISO mixer step kernel alone (d_model 2048, bf16, fp32 state) at each
+    (rows per program, warps, early load): checked against its PyTorch twin, then timed
+    over ``layers`` states in turn (as the model's decode, no state found in L2)."""
+    from mamba3_integrations.kernels.mamba3_siso_fused_step import (
+        mamba3_fused_step_reference,
+        mamba3_fused_step_triton,
+    )
+    from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
+
+    torch.manual_seed(0)
+    mixer = Mamba3Mixer(2048, d_state=N, headdim=P, device="cuda", dtype=torch.bfloat16)
+    w = mixer.step_weights()
+    zx = torch.randn(batch, mixer.in_proj.out_features, device="cuda").to(torch.bfloat16)
+    caches = [mixer.allocate_cache(batch) for _ in range(layers)]
+    for c in caches:
+        for t in c.as_tuple():
+            t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
+    states = [(c.angle, c.ssm, c.k[:, 0], c.v) for c in caches]
+    nbytes = 2 * sum(t.numel() * t.element_size() for t in states[0])
+    rows, best = [], None
+    for pblk, nw, early in variants:
+        ref_state = tuple(t.clone() for t in states[0])
+        mine = tuple(t.clone() for t in states[0])
+        want = mamba3_fused_step_reference(zx, ref_state, w)
+        got = mamba3_fused_step_triton(zx, mine, w, pblk=pblk, num_warps=nw, early_load=early)
+        err = max(((a.float() - b.float()).norm() / b.float().norm()).item()
+                  for a, b in [(got, want), *zip(mine, ref_state, strict=True)])
+        if not err < 1e-2:
+            raise AssertionError(f"fused step pblk={pblk} warps={nw}: rel err {err:.1e}")
+
+        def run(p=pblk, n=nw, e=early):
+            for s in states:
+                mamba3_fused_step_triton(zx, s, w, pblk=p, num_warps=n, early_load=e)
+
+        us = graph_us(run, 2) / 2 / layers
+        row = {"batch": batch, "pblk": pblk, "warps": nw, "early": early, "us": us,
+               "state_bytes": nbytes, "rel_err_vs_reference": err}
+        rows.append(row)
+        if best is None or us < best["us"]:
+            best = row
+        print(f"fused step B={batch} pblk={pblk:<2} warps={nw} early={int(early)}  {us:6.2f} us"
+              f"  (state r+w {nbytes / 2**20:.1f} MiB: {nbytes / (us * 1e-6) / 1e9:5.0f} GB/s)"
+              f"  err {err:.1e}", flush=True)
+    return rows, {"pblk": best["pblk"], "warps": best["warps"], "early": best["early"]}
 
 
 def bench_mixer_step(batches, steps_per_graph: int = 20) -> list[dict]:
@@ -354,7 +488,11 @@ def main() -> None:
                         help="chunk:warps:chunks_per_program:stages"
                         "[:maxnreg[:state_warps[:state_stages]]],...")
     parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
+    parser.add_argument("--decode-check", action="store_true",
+                        help="decode only: GEMV, step at B=128, fused step at B=1, mixer step")
     args = parser.parse_args()
+    if args.decode_check:
+        args.decode_only = True
     args.out.mkdir(parents=True, exist_ok=True)
     bandwidth = copy_bandwidth()
     print(
@@ -378,7 +516,15 @@ def main() -> None:
         "copy_bandwidth_TBps": bandwidth / 1e12,
         "prefill": [] if args.decode_only else bench_prefill(shapes, variants),
     }
-    if not args.prefill_only:
+    if args.decode_check:
+        result["gemv"], result["gemv_best"] = bench_gemv(bandwidth)
+        result["decode"] = bench_decode([128], bandwidth, variants=STEP_VARIANTS_CHECK,
+                                        dtypes=(torch.float32,))
+        result["decode"] += bench_decode([128], bandwidth, variants=[(64, 4), (32, 4)],
+                                         dtypes=(torch.bfloat16,))
+        result["fused_step"], result["fused_best"] = bench_fused_step(1)
+        result["mixer_step"] = bench_mixer_step([1])
+    elif not args.prefill_only:
         step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
         result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants)
         result["mixer_step"] = bench_mixer_step([1, 128])
@@ -393,14 +539,22 @@ def main() -> None:
                                                        "maxnreg", "state_warps",
                                                        "state_stages")})
     if result.get("decode"):
-        # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1.
-        b1 = {(r["pblk"], r["warps"]): r["graph_us"] for r in result["decode"]
-              if r["batch"] == 1 and r["state"] == "fp32"}
+        # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1 (the
+        # fused step, not this kernel, runs the model's small batches: with --decode-check
+        # only B=128 is measured).
+        b1 = {(r["pblk"], r["warps"], r["early"], r["evict"]): r["graph_us"]
+              for r in result["decode"] if r["batch"] == 1 and r["state"] == "fp32"}
         ok = [r for r in result["decode"] if r["batch"] == 128 and r["state"] == "fp32"
-              and b1.get((r["pblk"], r["warps"]), 1e9) <= 1.25 * min(b1.values())]
+              and (not b1 or b1.get((r["pblk"], r["warps"], r["early"], r["evict"]), 1e9)
+                   <= 1.25 * min(b1.values()))]
         top = min(ok or [r for r in result["decode"] if r["batch"] == 128],
                   key=lambda r: r["graph_us"])
-        result["best"].update(step_pblk=top["pblk"], step_warps=top["warps"])
+        result["best"].update(step_pblk=top["pblk"], step_warps=top["warps"],
+                              step_early=top["early"], step_evict=top["evict"])
+    if result.get("gemv_best") is not None:
+        result["best"]["gemv"] = result["gemv_best"]
+    if result.get("fused_best") is not None:
+        result["best"]["fused"] = result["fused_best"]
     (args.out / "siso_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     if result["prefill"]:
         plot(result, args.out / "siso_kernels.png")
@@ -417,9 +571,23 @@ def main() -> None:
             f"| {r['ms']:.3f} | "
             f"{r['official_ms']} | {r['speedup']:.2f} |"
         )
-    print("\n| decode (fastest variant) | pblk | warps | graph us | eager us | bound us | "
-          "graph / bound | max rel err vs fp64 | official us |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if result.get("gemv"):
+        print("\n| GEMV (one row, bf16) | fastest variant | us | GB/s | of 3.0 TB/s | cuBLAS us "
+              "| cuBLAS of 3.0 TB/s |")
+        print("|---|---|---|---|---|---|---|")
+        for name in GEMV_SHAPES:
+            mine = [r for r in result["gemv"] if r["shape"] == name]
+            cub = next(r for r in mine if r["variant"] == "cublas")
+            top = min((r for r in mine if r["variant"] != "cublas"), key=lambda r: r["us"])
+            print(f"| {name} | {top['variant']} | {top['us']:.2f} | {top['GBps']:.0f} | "
+                  f"{top['of_nominal']:.1%} | {cub['us']:.2f} | {cub['of_nominal']:.1%} |")
+    if result.get("fused_step"):
+        top = min(result["fused_step"], key=lambda r: r["us"])
+        print(f"\nfused step B=1: fastest pblk={top['pblk']} warps={top['warps']} "
+              f"early={top['early']}: {top['us']:.2f} us")
+    print("\n| decode (fastest variant) | pblk | warps | early | evict | graph us | eager us | "
+          "bound us | graph / bound | max rel err vs fp64 | official us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     fastest_step = {}
     for r in result.get("decode", []):
         key = (r["batch"], r["state"])
@@ -427,7 +595,8 @@ def main() -> None:
             fastest_step[key] = r
     for r in fastest_step.values():
         print(
-            f"| B={r['batch']} {r['state']} | {r['pblk']} | {r['warps']} | {r['graph_us']:.2f} "
+            f"| B={r['batch']} {r['state']} | {r['pblk']} | {r['warps']} | {int(r['early'])} | "
+            f"{int(r['evict'])} | {r['graph_us']:.2f} "
             f"| {r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['graph_over_bound']:.3f} | "
             f"{max(x['rel_err_vs_fp64'] for x in result['decode']):.1e} | {r['official_us']} |"
         )

@@ -30,6 +30,8 @@ except ImportError:  # Triton is an optional extra
 # Launch settings: the default, and per (out_features, in_features) overrides (tuning).
 GEMV_CONFIG = {"block_n": 8, "block_k": 512, "num_warps": 4, "num_stages": 1}
 GEMV_SHAPES: dict[tuple[int, int], dict[str, int]] = {}
+# Weight shapes where cuBLAS measured faster (tuning): ``decode_linear`` keeps F.linear.
+CUBLAS_SHAPES: set[tuple[int, int]] = set()
 # The most rows the kernel takes (each row re-reads the weight, mostly from L2).
 MAX_ROWS = 1
 
@@ -109,8 +111,8 @@ def linear_decode_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 
 def linear_decode_supported(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether ``decode_linear`` takes the kernel: fused decode on (CUDA by default), at
-    most ``MAX_ROWS`` rows, one 16/32-bit dtype for x, weight and bias, 2-D weight, no
-    autograd (the kernel has no backward)."""
+    most ``MAX_ROWS`` rows, one 16/32-bit dtype for x, weight and bias, 2-D weight not in
+    ``CUBLAS_SHAPES``, no autograd (the kernel has no backward)."""
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
     return (
         triton is not None
@@ -120,6 +122,7 @@ def linear_decode_supported(x: Tensor, weight: Tensor, bias: Tensor | None = Non
         and (bias is None or bias.dtype == x.dtype)
         and x.shape[-1] == weight.shape[1]
         and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
+        and tuple(weight.shape) not in CUBLAS_SHAPES
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and fused_decode_enabled(x)
     )
