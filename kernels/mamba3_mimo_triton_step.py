@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import PI, TWO_PI, _tanh
+from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import PI, TWO_PI, _cos_sin, _tanh
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 
 NORM_EPS = 1e-5
@@ -64,7 +64,7 @@ def _mimo_step_kernel(
     sq_b, sq_r, sq_g, sv_b, sv_h, sz_b, sz_h, sa_b, sa_h, ss_b, ss_h, ss_p,
     sk_b, sk_r, sk_h, sx_b, sx_h, st_b, st_h, so_b, so_h,
     R: tl.constexpr, BN: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr, SYNC: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr, SYNC: tl.constexpr, FAST: tl.constexpr,
 ):
     """Grid (H, batch, cdiv(P, PBLK)): rows ``[pb*PBLK, (pb+1)*PBLK)`` of the state of one
     (row, head). ADT/DT/TRAP (b, H) and the (H, R, X) parameters contiguous; states by
@@ -98,8 +98,9 @@ def _mimo_step_kernel(
     ang = tl.load(ANG + b * sa_b + h * sa_h + pair, mask=rotated, other=0.0).to(tl.float32)
     theta += _tanh(ang) * dt * PI
     theta = theta - TWO_PI * tl.floor(theta / TWO_PI)
-    cos = tl.where(rotated, tl.cos(theta), 1.0)
-    sin = tl.where(rotated, tl.sin(theta), 0.0) * tl.where(low, -1.0, 1.0)
+    cos, sin = _cos_sin(theta, FAST)
+    cos = tl.where(rotated, cos, 1.0)
+    sin = tl.where(rotated, sin, 0.0) * tl.where(low, -1.0, 1.0)
 
     x = tl.load(V + b * sv_b + h * sv_h + p, mask=p_ok, other=0.0).to(tl.float32)
     x_prev = tl.load(VST + b * sx_b + h * sx_h + p, mask=p_ok, other=0.0).to(tl.float32)
@@ -200,6 +201,7 @@ def mamba3_mimo_step_triton(
         out.stride(0), out.stride(1),
         R=rank, BN=max(16, triton.next_power_of_2(d_state)), PBLK=pb, HAS_D=D is not None,
         HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None, SYNC=sync,
+        FAST=V.is_cuda and V.dtype in (torch.float16, torch.bfloat16),
         num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
     return out, tuple(new)
