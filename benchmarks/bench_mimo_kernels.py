@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
-from mamba3_integrations.kernels import mamba3_step
+from mamba3_integrations.kernels import mamba3_mimo_triton_step, mamba3_step
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
     mamba3_mimo_scan_reference,
     mamba3_mimo_step_reference,
 )
 from mamba3_integrations.kernels.mamba3_mimo_triton import (
     DEFAULT_CONFIG,
+    LAST_KERNELS,
     FwdConfig,
     _forward,
     mamba3_mimo_scan_triton,
@@ -46,14 +47,11 @@ DTYPE = torch.bfloat16
 PREFILL = [(1, 16384), (8, 4096)]
 DECODE = [1, 128]
 CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps (scan, state)
-    DEFAULT_CONFIG,
-    FwdConfig(rows=64, chunk=128, num_warps=8),
-    FwdConfig(rows=64, chunk=256, num_warps=4),
-    FwdConfig(rows=64, chunk=64, num_warps=4),
-    FwdConfig(rows=32, chunk=128, num_warps=4),
-    FwdConfig(rows=128, chunk=256, num_warps=8),
+    DEFAULT_CONFIG,  # r32 c128 w8/8, no pipelining
+    FwdConfig(rows=64, chunk=128, num_warps=8, state_warps=8),
+    FwdConfig(rows=32, chunk=256, num_warps=8, state_warps=8, stages=2),
 ]
-STEP_VARIANTS = [(16, 4), (32, 4), (64, 4), (64, 8), (16, 2), (8, 2)]  # step (rows, warps)
+STEP_VARIANTS = [(16, 8), (8, 4), (16, 4), (64, 8)]  # step (rows, warps)
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -128,7 +126,19 @@ def ours_prefill(x: dict, chunk_rows: int | None = None, num_warps: int | None =
 
 def label(config: FwdConfig) -> str:
     return (f"r{config.rows} c{config.chunk} w{config.num_warps}/{config.state_warps}"
-            f" p{config.pass_rows}")
+            f" s{config.stages}")
+
+
+def resources(kernels: dict) -> dict[str, str]:
+    """``regs/spills/shared`` of compiled kernels (``n_regs``, ``n_spills``,
+    ``metadata.shared`` of the objects that ``kernel[grid](...)`` returns)."""
+    out = {}
+    for name, k in kernels.items():
+        try:
+            out[name] = f"{k.n_regs}r/{k.n_spills}sp/{k.metadata.shared // 1024}K"
+        except Exception as exc:  # an older/newer Triton without these attributes
+            out[name] = f"? ({type(exc).__name__})"
+    return out
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -311,6 +321,7 @@ def bench_prefill(official_dir: str | None) -> tuple[list[dict], dict]:
                 print(f"config {label(config)} failed: {type(exc).__name__}: {exc}"[:400])
                 continue
             compile_s = time.time() - t0
+            res = resources(LAST_KERNELS)
             if baseline is None:
                 baseline = out.float()
             diff = rel_err(out.float(), baseline)
@@ -318,7 +329,7 @@ def bench_prefill(official_dir: str | None) -> tuple[list[dict], dict]:
             rows.append(dict(kernel="ours", config=label(config), batch=batch, seqlen=seqlen,
                              ms=ms, tokens_per_s=batch * seqlen / ms * 1e3,
                              tflops=flops / ms / 1e9, rel_diff_to_first_config=diff,
-                             first_call_s=compile_s))
+                             first_call_s=compile_s, resources=res))
             print(rows[-1], flush=True)
         try:
             breakdown[f"B={batch} L={seqlen}"] = kernel_breakdown(x, CONFIGS[0])
@@ -395,7 +406,10 @@ def bench_decode() -> list[dict]:
                 print(f"{name} step failed at batch {batch}: {type(exc).__name__}: {exc}")
                 continue
             state_bytes = sum(s.numel() * s.element_size() for s in state)
+            res = (resources(mamba3_mimo_triton_step.LAST_KERNELS).get("step", "")
+                   if rank is not None else "")
             rows.append(dict(kernel=name, batch=batch, eager_us=eager, graph_us=graph,
+                             resources=res,
                              state_gb_per_s=2 * state_bytes / graph / 1e3,
                              bound_us_at_3tbps=2 * state_bytes / 3.0e6))
             print(rows[-1], flush=True)
@@ -461,8 +475,10 @@ def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
           f"{'Mtok/s':>7} {'TFLOP/s':>7} {'diff':>8}")
     for r in prefill:
         diff = r.get("rel_diff_to_first_config", r.get("rel_diff_to_ours", 0.0))
+        res = " ".join(f"{k} {v}" for k, v in r.get("resources", {}).items())
         print(f"  {r['kernel']:18} {r['config']:22} {r['batch']:3d} {r['seqlen']:6d} "
-              f"{r['ms']:8.3f} {r['tokens_per_s'] / 1e6:7.2f} {r['tflops']:7.1f} {diff:8.1e}")
+              f"{r['ms']:8.3f} {r['tokens_per_s'] / 1e6:7.2f} {r['tflops']:7.1f} {diff:8.1e}"
+              f"  {res}")
     for shape, times in breakdown.items():
         print(f"  per kernel, {label(CONFIGS[0])}, {shape}: "
               + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
@@ -471,7 +487,7 @@ def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
           f"{'GB/s':>7}")
     for r in decode:
         print(f"  {r['kernel']:16} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
-              f"{r['bound_us_at_3tbps']:9.1f} {r['state_gb_per_s']:7.0f}")
+              f"{r['bound_us_at_3tbps']:9.1f} {r['state_gb_per_s']:7.0f}  {r['resources']}")
 
 
 def main() -> None:

@@ -90,10 +90,10 @@ class FwdConfig:
     tokens per state chunk (rounded down to whole sub-chunks), the warps of the chunk scan
     and chunk state kernels, and ``pass_rows`` state rows per state-passing program."""
 
-    rows: int = 64
+    rows: int = 32
     chunk: int = 128
     num_warps: int = 8
-    state_warps: int = 4
+    state_warps: int = 8
     pass_rows: int = 16
     stages: int = 1  # software pipelining of the chunk loops (1: none, registers only)
 

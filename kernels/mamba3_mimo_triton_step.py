@@ -22,6 +22,7 @@ NORM_EPS = 1e-5
 STEP_CONFIG = {"pblk": 16, "num_warps": 4}  # state rows per program, warps
 
 _COUNTERS: dict[torch.device, Tensor] = {}
+LAST_KERNELS: dict[str, object] = {}  # the latest compiled step kernel (resource report)
 
 
 def arrival_counters(device: torch.device, n: int) -> Tensor:
@@ -191,7 +192,7 @@ def mamba3_mimo_step_triton(
     nsplit = triton.cdiv(headdim, pb)
     sync = inplace and nsplit > 1
     counters = arrival_counters(V.device, batch * nheads) if sync else out
-    _mimo_step_kernel[(nheads, batch, nsplit)](
+    LAST_KERNELS["step"] = _mimo_step_kernel[(nheads, batch, nsplit)](
         Q, K, V, z, Angles, *scalars, *params, *opt, *state, *new, out, counters,
         nheads, nheads // ngroups, headdim, d_state, Angles.shape[-1], NORM_EPS, nsplit,
         Q.stride(0), Q.stride(1), Q.stride(2), V.stride(0), V.stride(1), z.stride(0),
