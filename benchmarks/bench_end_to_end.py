@@ -195,6 +195,20 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
     before = torch.cuda.memory_allocated()
     seconds, _ = timed(lambda: [decoder.step(token) for _ in range(n_decode)], 3)
     row.update(graph_kernels(decoder, token))
+    if compare_unfused:  # the in_proj GEMV pulling the SSM state into L2: on against off
+        setting = fused_step.FUSED_CONFIG["prefetch_state"]
+        row[f"decode_ms_prefetch_{int(setting)}"] = seconds / n_decode * 1e3
+        fused_step.FUSED_CONFIG["prefetch_state"] = not setting
+        other = CudaGraphDecoder(model, cache)
+        for _ in range(3):
+            other.step(token)
+        s_other, _ = timed(lambda: [other.step(token) for _ in range(n_decode)], 3)
+        row[f"decode_ms_prefetch_{int(not setting)}"] = s_other / n_decode * 1e3
+        other.close()
+        del other
+        fused_step.FUSED_CONFIG["prefetch_state"] = setting
+        print(f"  state prefetch in in_proj: on {row['decode_ms_prefetch_1']:.3f} ms/token, "
+              f"off {row['decode_ms_prefetch_0']:.3f}", flush=True)
     cache_bytes = cache.nbytes()
     # Bound: every weight, the Mamba-3 states (read and written) and the attention caches.
     read = (
@@ -304,6 +318,8 @@ def apply_decode_tuning(best: dict) -> None:
         fused_step.FUSED_CONFIG.update(min_pblk=pb, min_programs=64 * triton.cdiv(64, pb),
                                        small_warps=best["fused"]["warps"],
                                        early_load=best["fused"]["early"])
+    if "prefetch_state" in best:
+        fused_step.FUSED_CONFIG["prefetch_state"] = bool(best["prefetch_state"])
     for shape, cfg in best.get("gemv", {}).items():
         n, k = (int(v) for v in shape.split("x"))
         if cfg is None:

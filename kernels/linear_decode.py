@@ -44,13 +44,21 @@ def gemv_config(n_out: int, k_in: int) -> dict[str, int]:
 if triton is not None:
 
     @triton.jit
-    def _gemv_kernel(X, W, BIAS, Y, n_out, k_in, s_xm, s_wn, s_ym,
+    def _gemv_kernel(X, W, BIAS, Y, n_out, k_in, s_xm, s_wn, s_ym, PF, n_pf, n_pf_write,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                     HAS_BIAS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, PF_BLOCK: tl.constexpr):
         """Grid (rows, cdiv(n_out, BLOCK_N)): rows of one weight block run side by side
         (the block is read once from memory). X (rows, K), W (N, K), Y (rows, N), each
-        with unit last stride."""
+        with unit last stride. ``PF_BLOCK`` > 0: each program of row 0 also pulls
+        ``PF_BLOCK`` elements of the ``n_pf``-element tensor ``PF`` into L2 (the next
+        kernel's state, which then finds it there); ``n_pf_write`` is 0 (a store masked
+        by it keeps the load alive; were it taken it would write the same values)."""
         m = tl.program_id(0).to(tl.int64)
+        if PF_BLOCK > 0:
+            offs_pf = tl.program_id(1).to(tl.int64) * PF_BLOCK + tl.arange(0, PF_BLOCK)
+            pos_pf = offs_pf + m * n_pf  # past the end beyond row 0
+            mask_pf = pos_pf < n_pf
+            pf = tl.load(PF + offs_pf, mask=mask_pf, other=0.0, eviction_policy="evict_last")
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_out
         rows = tl.minimum(offs_n, n_out - 1).to(tl.int64)  # no row mask on the loads
@@ -74,6 +82,8 @@ if triton is not None:
         if HAS_BIAS:
             y += tl.load(BIAS + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         tl.store(Y + m * s_ym + offs_n, y.to(Y.dtype.element_ty), mask=mask_n)
+        if PF_BLOCK > 0:
+            tl.store(PF + offs_pf, pf, mask=pos_pf < n_pf_write)
 
 
 def linear_decode_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -83,8 +93,11 @@ def linear_decode_reference(x: Tensor, weight: Tensor, bias: Tensor | None = Non
 
 def linear_decode_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                          block_n: int | None = None, block_k: int | None = None,
-                         num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
-    """The GEMV kernel for x (..., K) with few rows, weight (N, K), bias (N,): (..., N)."""
+                         num_warps: int | None = None, num_stages: int | None = None,
+                         prefetch: Tensor | None = None) -> Tensor:
+    """The GEMV kernel for x (..., K) with few rows, weight (N, K), bias (N,): (..., N).
+    ``prefetch`` (contiguous, e.g. the SSM state the next kernel updates): its bytes are
+    also read, into L2, spread over the programs (the result does not depend on it)."""
     n_out, k_in = weight.shape
     if x.shape[-1] != k_in:
         raise ValueError(f"x has {x.shape[-1]} features, the weight takes {k_in}")
@@ -99,11 +112,20 @@ def linear_decode_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     cfg = gemv_config(n_out, k_in)
     bn = block_n or cfg["block_n"]
     bk = min(block_k or cfg["block_k"], triton.next_power_of_2(max(k_in, 16)))
+    nblocks = triton.cdiv(n_out, bn)
+    pf_block, n_pf = 0, 0
+    if prefetch is not None and prefetch.is_contiguous() and prefetch.numel():
+        n_pf = prefetch.numel()
+        pf_block = max(16, triton.next_power_of_2(triton.cdiv(n_pf, nblocks)))
+        if pf_block > 4096:  # more than 4096 elements a program: only the first part
+            pf_block = 4096
     if rows and n_out:
-        _gemv_kernel[(rows, triton.cdiv(n_out, bn))](
+        _gemv_kernel[(rows, nblocks)](
             x2, weight, bias if bias is not None else weight, y, n_out, k_in,
             x2.stride(0), weight.stride(0), y.stride(0),
+            prefetch if pf_block else y, n_pf, 0,
             BLOCK_N=bn, BLOCK_K=bk, EVEN_K=k_in % bk == 0, HAS_BIAS=bias is not None,
+            PF_BLOCK=pf_block,
             num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"],
         )
     return y.view(*lead, n_out)
@@ -128,8 +150,10 @@ def linear_decode_supported(x: Tensor, weight: Tensor, bias: Tensor | None = Non
     )
 
 
-def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` for the decode step: the GEMV kernel for one row."""
+def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  prefetch: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for the decode step: the GEMV kernel for one row
+    (which also pulls ``prefetch`` into L2, see ``linear_decode_triton``)."""
     if linear_decode_supported(x, weight, bias):
-        return linear_decode_triton(x, weight, bias)
+        return linear_decode_triton(x, weight, bias, prefetch=prefetch)
     return F.linear(x, weight, bias)

@@ -216,7 +216,10 @@ if triton is not None:
 # Launch settings of the fused step. With few sequences the step kernel's rows per
 # program leave the GPU mostly idle (batch 1: 64 heads), so the rows per program halve
 # (down to ``min_pblk``, with ``small_warps``) until there are ``min_programs`` programs.
-FUSED_CONFIG = {"min_programs": 512, "min_pblk": 8, "small_warps": 2, "early_load": True}
+# ``prefetch_state``: the mixer's in_proj GEMV pulls the SSM state into L2 for the step
+# (the state is read from DRAM otherwise, which the step's short programs do not hide).
+FUSED_CONFIG = {"min_programs": 512, "min_pblk": 8, "small_warps": 2, "early_load": True,
+                "prefetch_state": True}
 
 
 def fused_split(batch: int, nheads: int, headdim: int, out_norm: bool,

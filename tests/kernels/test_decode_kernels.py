@@ -170,6 +170,23 @@ def test_gemv_matches_linear(n_out, k_in, block_n, block_k, dtype, bias):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("n_pf", [1, 37, 1000, 5000])
+def test_gemv_prefetch_keeps_results(n_pf):
+    """Pulling another tensor into L2 (the SSM state) changes neither the GEMV's result
+    nor that tensor: few or many elements per program, one or three rows."""
+    g = torch.Generator().manual_seed(n_pf)
+    w = torch.randn(37, 45, generator=g).to(DEVICE)
+    state = torch.randn(n_pf, generator=g).to(DEVICE)
+    before = state.clone()
+    for rows in (1, 3):
+        x = torch.randn(rows, 45, generator=g).to(DEVICE)
+        want = linear_decode.linear_decode_triton(x, w, block_n=8, block_k=16, num_warps=2)
+        got = linear_decode.linear_decode_triton(x, w, block_n=8, block_k=16, num_warps=2,
+                                                 prefetch=state)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(state, before, rtol=0, atol=0)
+
+
 def test_decode_linear_dispatch(monkeypatch):
     """The kernel for one row with the fused decode on; F.linear for more rows, mixed
     dtypes, autograd, or the fused decode off (the results say which ran: none differ)."""
