@@ -51,7 +51,8 @@ CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps 
     FwdConfig(rows=64, chunk=128, num_warps=8, state_warps=8),
     FwdConfig(rows=32, chunk=256, num_warps=8, state_warps=8, stages=2),
 ]
-STEP_VARIANTS = [(16, 8), (8, 4), (16, 4), (64, 8)]  # step (rows, warps)
+# step (rows, warps, rank loops unrolled)
+STEP_VARIANTS = [(16, 4, True), (16, 8, True), (64, 4, False), (64, 8, False), (32, 4, False)]
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -238,11 +239,12 @@ def check_step() -> list[dict]:
                  torch.randn_like(state[3], dtype=torch.float32).to(dtype))
         ref_y, ref_state = mamba3_mimo_step_reference(
             **{k: v.float() for k, v in x.items()}, state=tuple(s.float() for s in state))
-        for pblk, warps in STEP_VARIANTS:
+        for pblk, warps, unroll in STEP_VARIANTS:
             live = tuple(s.clone() for s in state)
             y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps,
-                                             pblk=pblk)
-            rows.append(dict(check="step", dtype=str(dtype), config=f"p{pblk} w{warps}",
+                                             pblk=pblk, unroll=unroll)
+            rows.append(dict(check="step", dtype=str(dtype),
+                             config=f"p{pblk} w{warps}{' unrolled' if unroll else ''}",
                              out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
             print(rows[-1], flush=True)
     return rows
@@ -392,9 +394,9 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        steps = [(f"mimo_r{R}_p{pb}_w{w}", R,
-                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb))
-                 for pb, w in STEP_VARIANTS]
+        steps = [(f"mimo_r{R}_p{pb}_w{w}{'_u' if u else ''}", R,
+                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb, unroll=u))
+                 for pb, w, u in STEP_VARIANTS]
         steps.append(("siso", None, mamba3_step))
         for name, rank, step in steps:
             x, state = decode_inputs(batch, rank)
@@ -494,14 +496,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--official", help="folder with mamba_ssm and TileLang importable")
+    parser.add_argument("--step-only", action="store_true",
+                        help="every check, then only the decode step timings (no prefill "
+                             "timings; results in mimo_step.json)")
     args = parser.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
     checks = check_prefill() + check_step()
-    prefill, breakdown = bench_prefill(args.official)
+    prefill, breakdown = ([], []) if args.step_only else bench_prefill(args.official)
     decode = bench_decode()
     summary(checks, prefill, breakdown, decode)
     print(f"\ntotal {time.time() - t0:.0f} s")
+    if args.step_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "mimo_step.json").write_text(
+            json.dumps(dict(checks=checks, decode=decode), indent=2) + "\n")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(
         device=torch.cuda.get_device_name(),
