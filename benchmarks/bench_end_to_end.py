@@ -165,6 +165,93 @@ def fused_vs_unfused(model, cache, token: torch.Tensor, n_decode: int) -> dict:
     return out
 
 
+# Decode settings compared in one run (``decode_variants``): the GEMV launch settings of
+# the run-8 decode (one for every shape), the per-shape best of the one-row microbench
+# (``--tuning``'s ``gemv``; these from an H100 run when it has none), the in_proj GEMV
+# pulling the SSM state into L2, programmatic dependent launch.
+BASE_GEMV = {"block_n": 4, "block_k": 1024, "num_warps": 4, "num_stages": 1}
+DECODE_SHAPES = ("8672x2048", "2048x4096", "3072x2048", "2048x2048", "50280x2048")
+MICRO_GEMV = {
+    "8672x2048": {"block_n": 4, "block_k": 4096, "num_warps": 8, "num_stages": 1},
+    "2048x4096": {"block_n": 2, "block_k": 4096, "num_warps": 4, "num_stages": 1},
+    "3072x2048": {"block_n": 4, "block_k": 4096, "num_warps": 8, "num_stages": 1},
+    "2048x2048": {"block_n": 1, "block_k": 4096, "num_warps": 2, "num_stages": 1},
+    "50280x2048": {"block_n": 4, "block_k": 4096, "num_warps": 8, "num_stages": 1},
+}
+TUNED_GEMV: dict = {}  # --tuning's per-shape GEMV settings (MICRO_GEMV without)
+# name: (GEMV per shape: "base" or "tuned", state prefetch, PDL)
+VARIANTS = {
+    "baseline": ("base", False, False),
+    "bk4096": ("tuned", False, False),
+    "bk4096+prefetch": ("tuned", True, False),
+    "bk4096+prefetch+pdl": ("tuned", True, True),
+    "bk4096+pdl": ("tuned", False, True),
+    "baseline+pdl": ("base", False, True),
+}
+
+
+def variant_settings(name: str) -> dict:
+    """The ``best`` entries (``apply_decode_tuning``) of a decode variant."""
+    gemv, prefetch, pdl = VARIANTS[name]
+    table = {k: BASE_GEMV for k in DECODE_SHAPES} if gemv == "base" else (
+        TUNED_GEMV or MICRO_GEMV)
+    return {"gemv": {k: dict(v) if v else None for k, v in table.items()},
+            "prefetch_state": prefetch, "pdl": pdl}
+
+
+def decode_variants(model, cache, token: torch.Tensor, n_decode: int, rounds: int = 5) -> dict:
+    """Each of ``VARIANTS`` captured in its own graph on its own copy of ``cache``, then
+    timed in turns (``rounds`` times ``n_decode`` tokens each, median): ms per token,
+    and the top kernels of the fastest. The settings in force are restored."""
+    saved = (dict(linear_decode.GEMV_SHAPES), set(linear_decode.CUBLAS_SHAPES),
+             fused_step.FUSED_CONFIG["prefetch_state"], os.environ.get("MAMBA3_DECODE_PDL"))
+    decoders = {}
+    try:
+        for name in VARIANTS:
+            linear_decode.GEMV_SHAPES.clear()
+            linear_decode.CUBLAS_SHAPES.clear()
+            apply_decode_tuning(variant_settings(name))
+            decoders[name] = CudaGraphDecoder(model, cache.clone())
+            for _ in range(3):
+                decoders[name].step(token)
+    finally:
+        linear_decode.GEMV_SHAPES.clear()
+        linear_decode.GEMV_SHAPES.update(saved[0])
+        linear_decode.CUBLAS_SHAPES.clear()
+        linear_decode.CUBLAS_SHAPES.update(saved[1])
+        fused_step.FUSED_CONFIG["prefetch_state"] = saved[2]
+        if saved[3] is None:
+            os.environ.pop("MAMBA3_DECODE_PDL", None)
+        else:
+            os.environ["MAMBA3_DECODE_PDL"] = saved[3]
+    times = {name: [] for name in decoders}
+    for _ in range(rounds):
+        for name, d in decoders.items():
+            seconds, _ = timed(lambda d=d: [d.step(token) for _ in range(n_decode)], 1)
+            times[name].append(seconds / n_decode * 1e3)
+    ms = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    fastest = min(ms, key=ms.get)
+    out = {"ms_per_token": ms, "fastest": fastest,
+           "fastest_kernels": graph_kernels(decoders[fastest], token)}
+    for d in decoders.values():
+        d.close()
+    del decoders
+    torch.cuda.empty_cache()
+    print("  decode variants (ms/token): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()) + f"; fastest {fastest}",
+          flush=True)
+    return out
+
+
+def best_variant(rows: dict) -> str | None:
+    """The variant with the least mean ms/token over the contexts that timed them all."""
+    tables = [r["decode_variants"]["ms_per_token"] for r in rows.values()
+              if "decode_variants" in r]
+    if not tables:
+        return None
+    return min(VARIANTS, key=lambda n: sum(t[n] for t in tables) / len(tables))
+
+
 @torch.inference_mode()
 def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
                compare_unfused: bool = False) -> dict:
@@ -196,20 +283,8 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
     before = torch.cuda.memory_allocated()
     seconds, _ = timed(lambda: [decoder.step(token) for _ in range(n_decode)], 3)
     row.update(graph_kernels(decoder, token))
-    if compare_unfused:  # the in_proj GEMV pulling the SSM state into L2: on against off
-        setting = fused_step.FUSED_CONFIG["prefetch_state"]
-        row[f"decode_ms_prefetch_{int(setting)}"] = seconds / n_decode * 1e3
-        fused_step.FUSED_CONFIG["prefetch_state"] = not setting
-        other = CudaGraphDecoder(model, cache)
-        for _ in range(3):
-            other.step(token)
-        s_other, _ = timed(lambda: [other.step(token) for _ in range(n_decode)], 3)
-        row[f"decode_ms_prefetch_{int(not setting)}"] = s_other / n_decode * 1e3
-        other.close()
-        del other
-        fused_step.FUSED_CONFIG["prefetch_state"] = setting
-        print(f"  state prefetch in in_proj: on {row['decode_ms_prefetch_1']:.3f} ms/token, "
-              f"off {row['decode_ms_prefetch_0']:.3f}", flush=True)
+    if compare_unfused:
+        row["decode_variants"] = decode_variants(model, cache, token, n_decode)
     cache_bytes = cache.nbytes()
     # Bound: every weight, the Mamba-3 states (read and written) and the attention caches.
     read = (
@@ -312,7 +387,8 @@ def plot(result: dict, path: Path) -> None:
 
 def apply_decode_tuning(best: dict) -> None:
     """The fused step's small-batch split and the GEMV settings per shape (shapes where
-    cuBLAS was faster keep ``F.linear``) from a ``--decode-check`` run."""
+    cuBLAS was faster keep ``F.linear``) from a ``--decode-check`` run; the state prefetch
+    and PDL switches (an ``e2e.json``'s ``best``, from ``decode_variants``)."""
     if "fused" in best:
         pb = best["fused"]["pblk"]
         # 64 heads of 64 at batch 1 split into exactly ``pb`` rows per program.
@@ -321,6 +397,8 @@ def apply_decode_tuning(best: dict) -> None:
                                        early_load=best["fused"]["early"])
     if "prefetch_state" in best:
         fused_step.FUSED_CONFIG["prefetch_state"] = bool(best["prefetch_state"])
+    if "pdl" in best:  # programmatic dependent launch (read when a graph is captured)
+        os.environ["MAMBA3_DECODE_PDL"] = "1" if best["pdl"] else "0"
     for shape, cfg in best.get("gemv", {}).items():
         n, k = (int(v) for v in shape.split("x"))
         if cfg is None:
@@ -348,6 +426,7 @@ def main() -> None:
         args.skip_llama = args.compare_unfused = True
     args.out.mkdir(parents=True, exist_ok=True)
     chunk = 64
+    best = {}
     if args.tuning is not None and args.tuning.exists():
         best = json.loads(args.tuning.read_text())["best"]
         if "chunk" in best:  # prefill settings (absent from a --decode-only run)
@@ -364,6 +443,7 @@ def main() -> None:
                                          early_load=best.get("step_early", False),
                                          evict=best.get("step_evict", False))
         apply_decode_tuning(best)
+        TUNED_GEMV.update({k: v for k, v in best.get("gemv", {}).items()})
         print("kernel settings", best, flush=True)
     bandwidth = copy_bandwidth()
     torch.manual_seed(0)
@@ -391,6 +471,10 @@ def main() -> None:
                       args.compare_unfused)
         result["mamba3"][context] = row
         print("mamba3", context, json.dumps(row), flush=True)
+        winner = best_variant(result["mamba3"])
+        if winner is not None:  # the settings to run with: --tuning e2e.json applies them
+            result["best_decode_variant"] = winner
+            result["best"] = {**best, **variant_settings(winner)}
         (args.out / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     del mamba
     torch.cuda.empty_cache()
@@ -413,6 +497,25 @@ def main() -> None:
                   f"{r['decode_ms'] / r['decode_bound_ms']:.2f} | {r.get('kernels_per_token')} "
                   f"| {r.get('decode_ms_fused_0', float('nan')):.3f} | "
                   f"{r.get('logits_rel_diff_fused_vs_unfused', float('nan')):.1e} |")
+    variants = [(c, r["decode_variants"]) for c, r in result["mamba3"].items()
+                if "decode_variants" in r]
+    if variants:
+        print("\n| decode variant (ms/token) | " + " | ".join(str(c) for c, _ in variants)
+              + " |")
+        print("|---|" + "---|" * len(variants))
+        for name in VARIANTS:
+            print(f"| {name} | " + " | ".join(f"{v['ms_per_token'][name]:.3f}"
+                                              for _, v in variants) + " |")
+        print(f"winner (mean over contexts): {result.get('best_decode_variant')}; best: "
+              f"{json.dumps(result.get('best'))}")
+        for context, v in variants:
+            k = v["fastest_kernels"]
+            if k.get("top_kernels"):
+                print(f"\ntop kernels per token at {context}, fastest variant {v['fastest']} "
+                      f"(calls, us); total {k['kernel_us_per_token']} us in "
+                      f"{k['kernels_per_token']} kernels:")
+                for name, (calls, us) in k["top_kernels"].items():
+                    print(f"  {us:8.1f} us  {calls:4d}  {name}")
     for context, r in result["mamba3"].items():
         if "oom" not in r and r.get("top_kernels"):
             print(f"\ntop kernels per token at {context} (calls, us); total "

@@ -272,6 +272,7 @@ GEMV_SHAPES = {  # (out_features, in_features) of the 1.3B hybrid's decode proje
 # at once, no serial K loop; the earlier variants with the K loop wait for each tile.)
 GEMV_VARIANTS = [(4, 1024, 4, 1), (8, 512, 4, 1), (1, 4096, 2, 1), (2, 4096, 4, 1),
                  (2, 4096, 8, 1), (4, 4096, 8, 1), (8, 4096, 8, 1)]
+GEMV_VARIANTS_QUICK = [(4, 1024, 4, 1), (1, 4096, 2, 1), (2, 4096, 4, 1), (4, 4096, 8, 1)]
 NOMINAL_TBPS = 3.0  # the H100's bandwidth the targets are stated against
 
 
@@ -279,7 +280,9 @@ def bench_gemv(bandwidth: float, variants=GEMV_VARIANTS) -> tuple[list[dict], di
     """The one-row bf16 GEMV at each variant and cuBLAS (``F.linear``) on the model's
     projection shapes, each checked against float32; the weights cycle through copies
     worth 256 MiB so that no call finds its weight in L2 (as in the model's decode).
-    Returns the rows and the fastest settings per shape (``None``: cuBLAS is faster)."""
+    Returns the rows and the fastest settings per shape (``None``: cuBLAS is faster).
+    The variants launch with programmatic dependent launch where the decode does
+    (``decode_pdl``); the fastest is also timed without it (the graph's GEMVs overlap)."""
     from mamba3_integrations.kernels import linear_decode
 
     rows, best = [], {}
@@ -320,6 +323,16 @@ def bench_gemv(bandwidth: float, variants=GEMV_VARIANTS) -> tuple[list[dict], di
                   f"{gbs:6.0f} GB/s  {row['of_nominal']:5.1%} of {NOMINAL_TBPS} TB/s  "
                   f"{row['of_copy']:5.1%} of copy  err {err:.1e}", flush=True)
         fastest = min(timed[1:], key=lambda t: t[1])
+        no_pdl = dict(fastest[3], pdl=False)
+        us = graph_us(lambda c=no_pdl: cycle(
+            lambda a, w: linear_decode.linear_decode_triton(a, w, **c)), 4) / copies
+        timed.append((f"{fastest[0]} no PDL", us, fastest[2], None))
+        gbs = nbytes / (us * 1e-6) / 1e9
+        rows.append({"shape": name, "n": n, "k": k, "variant": timed[-1][0], "us": us,
+                     "GBps": gbs, "of_nominal": gbs / (NOMINAL_TBPS * 1e3),
+                     "of_copy": gbs * 1e9 / bandwidth, "rel_err_vs_fp32": fastest[2],
+                     "config": no_pdl})
+        print(f"gemv {name:14} {timed[-1][0]:36} {us:7.2f} us {gbs:6.0f} GB/s", flush=True)
         best[f"{n}x{k}"] = fastest[3] if fastest[1] < cublas_us else None
         print(f"gemv {name}: fastest {fastest[0]} {fastest[1]:.2f} us vs cuBLAS "
               f"{cublas_us:.2f} us", flush=True)
@@ -329,13 +342,15 @@ def bench_gemv(bandwidth: float, variants=GEMV_VARIANTS) -> tuple[list[dict], di
 
 
 FUSED_VARIANTS = [(4, 1, True), (8, 1, True), (8, 2, True), (16, 2, True), (8, 1, False)]
+FUSED_VARIANTS_QUICK = [(8, 1, True), (8, 2, True)]
 
 
 def bench_fused_step(batch: int = 1, layers: int = 44,
                      variants=FUSED_VARIANTS) -> tuple[list[dict], dict]:
     """The fused SISO mixer step kernel alone (d_model 2048, bf16, fp32 state) at each
     (rows per program, warps, early load): checked against its PyTorch twin, then timed
-    over ``layers`` states in turn (as the model's decode, no state found in L2)."""
+    over ``layers`` states in turn (as the model's decode, no state found in L2); the
+    fastest also without programmatic dependent launch (``pdl``)."""
     from mamba3_integrations.kernels.mamba3_siso_fused_step import (
         mamba3_fused_step_reference,
         mamba3_fused_step_triton,
@@ -376,6 +391,14 @@ def bench_fused_step(batch: int = 1, layers: int = 44,
         print(f"fused step B={batch} pblk={pblk:<2} warps={nw} early={int(early)}  {us:6.2f} us"
               f"  (state r+w {nbytes / 2**20:.1f} MiB: {nbytes / (us * 1e-6) / 1e9:5.0f} GB/s)"
               f"  err {err:.1e}", flush=True)
+    def run_no_pdl(p=best["pblk"], n=best["warps"], e=best["early"]):
+        for s in states:
+            mamba3_fused_step_triton(zx, s, w, pblk=p, num_warps=n, early_load=e, pdl=False)
+
+    us = graph_us(run_no_pdl, 2) / layers
+    rows.append({**best, "us": us, "pdl": False})
+    print(f"fused step B={batch} pblk={best['pblk']:<2} warps={best['warps']} early="
+          f"{int(best['early'])}  {us:6.2f} us without PDL", flush=True)
     return rows, {"pblk": best["pblk"], "warps": best["warps"], "early": best["early"]}
 
 
@@ -517,12 +540,16 @@ def main() -> None:
         "prefill": [] if args.decode_only else bench_prefill(shapes, variants),
     }
     if args.decode_check:
-        result["gemv"], result["gemv_best"] = bench_gemv(bandwidth)
-        result["decode"] = bench_decode([128], bandwidth, variants=STEP_VARIANTS_CHECK,
+        result["gemv"], result["gemv_best"] = bench_gemv(
+            bandwidth, GEMV_VARIANTS_QUICK if args.quick else GEMV_VARIANTS)
+        result["decode"] = bench_decode([128], bandwidth, variants=STEP_VARIANTS_CHECK[:2]
+                                        if args.quick else STEP_VARIANTS_CHECK,
                                         dtypes=(torch.float32,))
-        result["decode"] += bench_decode([128], bandwidth, variants=[(64, 4), (32, 4)],
-                                         dtypes=(torch.bfloat16,))
-        result["fused_step"], result["fused_best"] = bench_fused_step(1)
+        if not args.quick:
+            result["decode"] += bench_decode([128], bandwidth, variants=[(64, 4), (32, 4)],
+                                             dtypes=(torch.bfloat16,))
+        result["fused_step"], result["fused_best"] = bench_fused_step(
+            1, variants=FUSED_VARIANTS_QUICK if args.quick else FUSED_VARIANTS)
         result["mixer_step"] = bench_mixer_step([1])
     elif not args.prefill_only:
         step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
@@ -578,11 +605,13 @@ def main() -> None:
         for name in GEMV_SHAPES:
             mine = [r for r in result["gemv"] if r["shape"] == name]
             cub = next(r for r in mine if r["variant"] == "cublas")
-            top = min((r for r in mine if r["variant"] != "cublas"), key=lambda r: r["us"])
+            top = min((r for r in mine if r["variant"] != "cublas"
+                       and not r["variant"].endswith("no PDL")), key=lambda r: r["us"])
             print(f"| {name} | {top['variant']} | {top['us']:.2f} | {top['GBps']:.0f} | "
                   f"{top['of_nominal']:.1%} | {cub['us']:.2f} | {cub['of_nominal']:.1%} |")
     if result.get("fused_step"):
-        top = min(result["fused_step"], key=lambda r: r["us"])
+        top = min((r for r in result["fused_step"] if r.get("pdl", True)),
+                  key=lambda r: r["us"])
         print(f"\nfused step B=1: fastest pblk={top['pblk']} warps={top['warps']} "
               f"early={top['early']}: {top['us']:.2f} us")
     print("\n| decode (fastest variant) | pblk | warps | early | evict | graph us | eager us | "

@@ -11,6 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mamba3_integrations.kernels.fused_decode import (
+    decode_pdl,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_launch,
+)
+
 try:
     import triton
     import triton.language as tl
@@ -35,12 +42,17 @@ if triton is not None:
 
     @triton.jit
     def _add_rms_norm_kernel(X, R, W, OUT, R_OUT, d, eps,
-                             BLOCK: tl.constexpr, HAS_R: tl.constexpr):
+                             BLOCK: tl.constexpr, HAS_R: tl.constexpr, PDL: tl.constexpr):
         """One row of contiguous (rows, d) tensors; the sum is rounded to R_OUT's dtype,
-        then to W's dtype before the norm (as the unfused blocks do)."""
+        then to W's dtype before the norm (as the unfused blocks do). ``PDL``: the
+        weight is loaded before waiting for the previous kernel (``fused_decode``)."""
         row = tl.program_id(0).to(tl.int64) * d
         offs = tl.arange(0, BLOCK)
         mask = offs < d
+        w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         s = tl.load(X + row + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_R:
             s += tl.load(R + row + offs, mask=mask, other=0.0).to(tl.float32)
@@ -48,13 +60,13 @@ if triton is not None:
         tl.store(R_OUT + row + offs, s, mask=mask)
         x = s.to(W.dtype.element_ty).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / d + eps)
-        w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(OUT + row + offs, (x * rstd * w).to(OUT.dtype.element_ty), mask=mask)
 
 
 def add_rms_norm_triton(hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float,
-                        residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
-    """The Triton kernel; arguments and results as the reference."""
+                        residual_in_fp32: bool, pdl: bool | None = None) -> tuple[Tensor, Tensor]:
+    """The Triton kernel; arguments and results as the reference. ``pdl``: programmatic
+    dependent launch (default ``decode_pdl``)."""
     d = hidden.shape[-1]
     hidden = hidden.contiguous()
     if residual is not None:
@@ -67,10 +79,13 @@ def add_rms_norm_triton(hidden: Tensor, residual: Tensor | None, weight: Tensor,
     out = torch.empty(hidden.shape, device=hidden.device, dtype=weight.dtype)
     r_out = torch.empty(hidden.shape, device=hidden.device, dtype=r_dtype)
     rows = hidden.numel() // d if d else 0
+    if pdl is None:
+        pdl = decode_pdl(hidden)
     if rows:
         _add_rms_norm_kernel[(rows,)](
             hidden, residual if residual is not None else hidden, weight, out, r_out, d, eps,
             BLOCK=triton.next_power_of_2(d), HAS_R=residual is not None,
+            PDL=pdl, **pdl_launch(pdl),
             num_warps=4 if d <= 4096 else 8,
         )
     return out, r_out

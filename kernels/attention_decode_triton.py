@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from mamba3_integrations.kernels.attention import attention_decode
-from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
+from mamba3_integrations.kernels.fused_decode import (
+    decode_pdl,
+    fused_decode_enabled,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_launch,
+)
 
 try:
     import triton
@@ -98,9 +104,13 @@ if triton is not None:
         num_heads, num_heads_kv, head_dim, window,
         BD: tl.constexpr, HALF: tl.constexpr, ROTARY: tl.constexpr,
         INTERLEAVED: tl.constexpr, HAS_PAD: tl.constexpr, RING: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Grid (batch, h + 2 h_kv): one head vector of q, k or v per program. HALF is
         rotary_dim / 2 (pairs); cache (b, S, h_kv, d) with unit last stride."""
+        if PDL:  # everything read is written by the previous kernels (fused_decode)
+            gdc_wait()
+            gdc_launch_dependents()
         b = tl.program_id(0)
         j = tl.program_id(1)
         offs = tl.arange(0, BD)
@@ -155,10 +165,13 @@ if triton is not None:
         O_PART, M_PART, L_PART,
         num_heads_kv, n_slots, head_dim, group, keys_per_split, nsplit, window, scale_log2,
         BLOCK_N: tl.constexpr, GP: tl.constexpr, BD: tl.constexpr, RING: tl.constexpr,
-        HAS_PAD: tl.constexpr, IEEE: tl.constexpr,
+        HAS_PAD: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
     ):
         """Grid (batch * h_kv, nsplit). Q (b, h, d) contiguous; partials per (b, h, split):
         O (unnormalised, float32), M (running max, log2 units), L (sum)."""
+        if PDL:  # everything read is written by the previous kernels (fused_decode)
+            gdc_wait()
+            gdc_launch_dependents()
         bk = tl.program_id(0)
         split = tl.program_id(1)
         b = bk // num_heads_kv
@@ -209,8 +222,11 @@ if triton is not None:
 
     @triton.jit
     def _combine_kernel(O_PART, M_PART, L_PART, OUT, nsplit, head_dim,
-                        SP: tl.constexpr, BD: tl.constexpr):
+                        SP: tl.constexpr, BD: tl.constexpr, PDL: tl.constexpr):
         """Grid (batch * h,): the splits' partial softmaxes merged; OUT (b, h, d)."""
+        if PDL:  # everything read is written by the previous kernels (fused_decode)
+            gdc_wait()
+            gdc_launch_dependents()
         bh = tl.program_id(0).to(tl.int64)
         offs_s = tl.arange(0, SP)
         offs_d = tl.arange(0, BD)
@@ -239,6 +255,7 @@ def rope_append_triton(qkv: Tensor, keys: Tensor, values: Tensor, position: Tens
     h_kv, d = keys.shape[2], keys.shape[3]
     q = torch.empty(b, num_heads, d, device=qkv.device, dtype=qkv.dtype)
     half = 0 if inv_freq is None else inv_freq.numel()
+    pdl = decode_pdl(qkv)
     _rope_append_kernel[(b, num_heads + 2 * h_kv)](
         qkv, qkv.stride(0), keys, values, *keys.stride()[:3], q, position,
         pad_lengths if pad_lengths is not None else position,
@@ -246,7 +263,7 @@ def rope_append_triton(qkv: Tensor, keys: Tensor, values: Tensor, position: Tens
         num_heads, h_kv, d, window or 1,
         BD=triton.next_power_of_2(d), HALF=max(half, 1), ROTARY=half > 0,
         INTERLEAVED=interleaved, HAS_PAD=pad_lengths is not None, RING=window is not None,
-        num_warps=1,
+        PDL=pdl, num_warps=1, **pdl_launch(pdl),
     )
     return q
 
@@ -273,17 +290,20 @@ def cache_attention_triton(q: Tensor, keys: Tensor, values: Tensor, position: Te
     l_part = torch.empty_like(m_part)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     bd = max(16, triton.next_power_of_2(d))
+    pdl = decode_pdl(q)
     _split_kv_kernel[(b * h_kv, nsplit)](
         q, keys, values, *keys.stride()[:3], *values.stride()[:3], position,
         pad_lengths if pad_lengths is not None else position, o_part, m_part, l_part,
         h_kv, n_slots, d, group, per_split, nsplit, window or 1, scale * math.log2(math.e),
         BLOCK_N=DECODE_CONFIG["block_n"], GP=max(16, triton.next_power_of_2(group)), BD=bd,
         RING=window is not None, HAS_PAD=pad_lengths is not None,
-        IEEE=q.dtype == torch.float32, num_warps=DECODE_CONFIG["num_warps"],
+        IEEE=q.dtype == torch.float32, PDL=pdl, num_warps=DECODE_CONFIG["num_warps"],
+        **pdl_launch(pdl),
     )
     out = torch.empty_like(q)
     _combine_kernel[(b * h,)](o_part, m_part, l_part, out, nsplit, d,
-                              SP=max(2, triton.next_power_of_2(nsplit)), BD=bd, num_warps=4)
+                              SP=max(2, triton.next_power_of_2(nsplit)), BD=bd, PDL=pdl,
+                              num_warps=4, **pdl_launch(pdl))
     return out
 
 

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
+from mamba3_integrations.kernels.fused_decode import (
+    decode_pdl,
+    fused_decode_enabled,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_launch,
+)
 
 try:
     import triton
@@ -46,13 +52,15 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(X, W, BIAS, Y, n_out, k_in, s_xm, s_wn, s_ym, PF, n_pf, n_pf_write,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, PF_BLOCK: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, PF_BLOCK: tl.constexpr, PDL: tl.constexpr):
         """Grid (rows, cdiv(n_out, BLOCK_N)): rows of one weight block run side by side
         (the block is read once from memory). X (rows, K), W (N, K), Y (rows, N), each
         with unit last stride. ``PF_BLOCK`` > 0: each program of row 0 also pulls
         ``PF_BLOCK`` elements of the ``n_pf``-element tensor ``PF`` into L2 (the next
         kernel's state, which then finds it there); ``n_pf_write`` is 0 (a store masked
-        by it keeps the load alive; were it taken it would write the same values)."""
+        by it keeps the load alive; were it taken it would write the same values).
+        ``PDL``: the first weight tile (and the prefetch) is loaded before waiting for
+        the previous kernel (which writes X), see ``fused_decode``."""
         m = tl.program_id(0).to(tl.int64)
         if PF_BLOCK > 0:
             offs_pf = tl.program_id(1).to(tl.int64) * PF_BLOCK + tl.arange(0, PF_BLOCK)
@@ -65,8 +73,20 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         w_ptr = W + rows[:, None] * s_wn + offs_k[None, :]
         x_ptr = X + m * s_xm + offs_k
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, k_in, BLOCK_K):
+        # The first tile outside the loop: its weights are in flight during the wait.
+        if EVEN_K:
+            w = tl.load(w_ptr, eviction_policy="evict_first")
+        else:
+            w = tl.load(w_ptr, mask=(offs_k < k_in)[None, :], other=0.0,
+                        eviction_policy="evict_first")
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+        x = tl.load(x_ptr) if EVEN_K else tl.load(x_ptr, mask=offs_k < k_in, other=0.0)
+        acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+        for k0 in range(BLOCK_K, k_in, BLOCK_K):
+            w_ptr += BLOCK_K
+            x_ptr += BLOCK_K
             if EVEN_K:
                 w = tl.load(w_ptr, eviction_policy="evict_first")
                 x = tl.load(x_ptr)
@@ -76,8 +96,6 @@ if triton is not None:
                             eviction_policy="evict_first")
                 x = tl.load(x_ptr, mask=mask_k, other=0.0)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-            w_ptr += BLOCK_K
-            x_ptr += BLOCK_K
         y = tl.sum(acc, 1)
         if HAS_BIAS:
             y += tl.load(BIAS + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -94,10 +112,11 @@ def linear_decode_reference(x: Tensor, weight: Tensor, bias: Tensor | None = Non
 def linear_decode_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                          block_n: int | None = None, block_k: int | None = None,
                          num_warps: int | None = None, num_stages: int | None = None,
-                         prefetch: Tensor | None = None) -> Tensor:
+                         prefetch: Tensor | None = None, pdl: bool | None = None) -> Tensor:
     """The GEMV kernel for x (..., K) with few rows, weight (N, K), bias (N,): (..., N).
     ``prefetch`` (contiguous, e.g. the SSM state the next kernel updates): its bytes are
-    also read, into L2, spread over the programs (the result does not depend on it)."""
+    also read, into L2, spread over the programs (the result does not depend on it).
+    ``pdl``: programmatic dependent launch (default ``decode_pdl``)."""
     n_out, k_in = weight.shape
     if x.shape[-1] != k_in:
         raise ValueError(f"x has {x.shape[-1]} features, the weight takes {k_in}")
@@ -119,13 +138,15 @@ def linear_decode_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         pf_block = max(16, triton.next_power_of_2(triton.cdiv(n_pf, nblocks)))
         if pf_block > 4096:  # more than 4096 elements a program: only the first part
             pf_block = 4096
+    if pdl is None:
+        pdl = decode_pdl(x)
     if rows and n_out:
         _gemv_kernel[(rows, nblocks)](
             x2, weight, bias if bias is not None else weight, y, n_out, k_in,
             x2.stride(0), weight.stride(0), y.stride(0),
             prefetch if pf_block else y, n_pf, 0,
             BLOCK_N=bn, BLOCK_K=bk, EVEN_K=k_in % bk == 0, HAS_BIAS=bias is not None,
-            PF_BLOCK=pf_block,
+            PF_BLOCK=pf_block, PDL=pdl, **pdl_launch(pdl),
             num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"],
         )
     return y.view(*lead, n_out)

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
+from mamba3_integrations.kernels.fused_decode import (
+    decode_pdl,
+    fused_decode_enabled,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_launch,
+)
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State, mamba3_step_reference
 
 try:
@@ -133,12 +139,14 @@ if triton is not None:
         ANGLE, SSM, KPREV, VPREV, Y, COUNTER,
         nheads, heads_per_group, d_state, headdim, n_angles, ngroups, nsplit, A_floor, eps,
         NB: tl.constexpr, PBLK: tl.constexpr, OUT_NORM: tl.constexpr, SYNC: tl.constexpr,
-        DT_ROUND: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr,
+        DT_ROUND: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr, PDL: tl.constexpr,
     ):
         """Grid (batch, H, cdiv(P, PBLK)); OUT_NORM needs PBLK >= P (one program a head).
         ZX (b, d_in_proj) with unit last stride; biases (H, N) contiguous; states
         contiguous and updated in place; Y (b, H*P). ``EARLY``, ``EVICT``: as the step
-        kernel (state tile loaded first; streaming hints on the state)."""
+        kernel (state tile loaded first; streaming hints on the state). ``PDL``: the
+        state (the previous token's, see ``fused_decode``) and the parameters are loaded
+        before waiting for the kernel that wrote ZX."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         pb = tl.program_id(2)
@@ -155,8 +163,17 @@ if triton is not None:
         ssm_off = bh * headdim * d_state
         if EARLY:
             ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+        pair = offs_n // 2
+        mask_a = mask_n & (pair < n_angles)
+        dt_bias = tl.load(DT_BIAS + h).to(tl.float32)
+        ang_prev = tl.load(ANGLE + bh * n_angles + pair, mask=mask_a, other=0.0)
+        k_prev = tl.load(KPREV + bh * d_state + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        v_prev = tl.load(VPREV + bh * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
 
-        dt = tl.load(row + o_dt + h).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+        dt = tl.load(row + o_dt + h).to(tl.float32) + dt_bias
         if DT_ROUND:  # dd_dt + dt_bias and its softplus in the model dtype, as unfused
             dt = _softplus(dt.to(Y.dtype.element_ty).to(tl.float32))
             dt = dt.to(Y.dtype.element_ty).to(tl.float32)
@@ -166,11 +183,8 @@ if triton is not None:
         a = -(tl.maximum(dd_a, 0.0) + 1.0 / (1.0 - tl.minimum(dd_a, 0.0)))
         adt = tl.minimum(a, -A_floor) * dt
         lam = _sigmoid(tl.load(row + o_dt + 2 * nheads + h).to(tl.float32))
-        pair = offs_n // 2
-        mask_a = mask_n & (pair < n_angles)
         ang = tl.load(row + o_dt + 3 * nheads + pair, mask=mask_a, other=0.0).to(tl.float32)
-        theta = _wrap(tl.load(ANGLE + bh * n_angles + pair, mask=mask_a, other=0.0)
-                      + _tanh(ang) * PI * dt)
+        theta = _wrap(ang_prev + _tanh(ang) * PI * dt)
         cos = tl.cos(theta)
         sin = tl.sin(theta)
         grp = (h // heads_per_group).to(tl.int64)
@@ -180,8 +194,6 @@ if triton is not None:
                             _rstd(b_ptr, offs_n, mask_n, d_state, eps), cos, sin)
         q = _rotated_normed(c_ptr, CW, CB + h * d_state, offs_n, mask_n,
                             _rstd(c_ptr, offs_n, mask_n, d_state, eps), cos, sin)
-        k_prev = tl.load(KPREV + bh * d_state + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        v_prev = tl.load(VPREV + bh * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         v_raw = tl.load(row + d_inner + h * headdim + offs_p, mask=mask_p, other=0.0)
         v = v_raw.to(tl.float32)
 
@@ -243,9 +255,10 @@ def fused_split(batch: int, nheads: int, headdim: int, out_norm: bool,
 
 def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeights,
                              pblk: int | None = None, num_warps: int | None = None,
-                             early_load: bool | None = None) -> Tensor:
+                             early_load: bool | None = None, pdl: bool | None = None) -> Tensor:
     """The fused step on the GPU (or the Triton interpreter); arguments as the reference.
-    Launch settings not given come from ``fused_split``/``FUSED_CONFIG``/``STEP_CONFIG``."""
+    Launch settings not given come from ``fused_split``/``FUSED_CONFIG``/``STEP_CONFIG``;
+    ``pdl``: programmatic dependent launch (default ``decode_pdl``)."""
     H, P, N = w.nheads, w.headdim, w.d_state
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
@@ -257,6 +270,8 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
         num_warps = FUSED_CONFIG["small_warps"] if small else STEP_CONFIG["num_warps"]
     if early_load is None:
         early_load = FUSED_CONFIG["early_load"]
+    if pdl is None:
+        pdl = decode_pdl(zxbcdt)
     counters = arrival_counters(zxbcdt.device, batch * H) if nsplit > 1 else state[0]
     y = torch.empty(batch, H * P, device=zxbcdt.device, dtype=zxbcdt.dtype)
     norm = w.norm if w.norm is not None else w.D
@@ -266,7 +281,8 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
         H, H // w.ngroups, N, P, w.n_angles, w.ngroups, nsplit, w.A_floor, w.eps,
         NB=triton.next_power_of_2(N), PBLK=pb, OUT_NORM=w.norm is not None, SYNC=nsplit > 1,
         DT_ROUND=torch.promote_types(zxbcdt.dtype, w.dt_bias.dtype) != torch.float32,
-        EARLY=early_load, EVICT=STEP_CONFIG["evict"], num_warps=num_warps,
+        EARLY=early_load, EVICT=STEP_CONFIG["evict"], PDL=pdl, num_warps=num_warps,
+        **pdl_launch(pdl),
     )
     return y
 

@@ -330,3 +330,134 @@ def test_gpu_graph_decode_fused_equals_unfused(monkeypatch, dtype):
         decoder.close()
     err = ((logits["1"] - logits["0"]).norm() / logits["0"].norm()).item()
     assert err < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+# ------------------------------------------------------------ programmatic dependent launch
+def test_pdl_switch_off_in_interpreter_and_off_cuda(monkeypatch):
+    """PDL only for CUDA tensors outside the interpreter, and ``MAMBA3_DECODE_PDL=0``
+    turns it off; off, the kernels take no launch option (the interpreter's path)."""
+    from mamba3_integrations.kernels import fused_decode
+
+    monkeypatch.delenv("MAMBA3_DECODE_PDL", raising=False)
+    assert not fused_decode.decode_pdl(torch.zeros(2))
+    assert fused_decode.pdl_launch(False) == {}
+    assert fused_decode.pdl_launch(True) == {"launch_pdl": True}
+    if CUDA:
+        x = torch.zeros(2, device="cuda")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert not fused_decode.decode_pdl(x)
+        monkeypatch.delenv("TRITON_INTERPRET")
+        want = fused_decode.HAVE_PDL and torch.cuda.get_device_capability()[0] >= 9
+        assert fused_decode.decode_pdl(x) == want
+        monkeypatch.setenv("MAMBA3_DECODE_PDL", "0")
+        assert not fused_decode.decode_pdl(x)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert not fused_decode.decode_pdl(torch.zeros(2))
+
+
+_PDL_COMPILE = r"""
+import inspect, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba3_integrations.kernels import add_rms_norm, attention_decode_triton as att
+from mamba3_integrations.kernels import linear_decode, mamba3_siso_fused_step as fs
+
+FLOATS = {"eps", "A_floor", "scale_log2"}
+INTS = {"POS": "*i64", "PAD": "*i64", "COUNTER": "*i32"}
+kernels = [
+    (linear_decode._gemv_kernel, dict(BLOCK_N=4, BLOCK_K=256, EVEN_K=False, HAS_BIAS=True,
+                                      PF_BLOCK=64)),
+    (add_rms_norm._add_rms_norm_kernel, dict(BLOCK=256, HAS_R=True)),
+    (fs._fused_step_kernel, dict(NB=64, PBLK=16, OUT_NORM=False, SYNC=True, DT_ROUND=True,
+                                 EARLY=True, EVICT=False)),
+    (att._rope_append_kernel, dict(BD=64, HALF=16, ROTARY=True, INTERLEAVED=False,
+                                   HAS_PAD=True, RING=True)),
+    (att._split_kv_kernel, dict(BLOCK_N=64, GP=16, BD=64, RING=True, HAS_PAD=True,
+                                IEEE=False)),
+    (att._combine_kernel, dict(SP=8, BD=64)),
+]
+out = {}
+for fn, const in kernels:
+    sig = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in const or name == "PDL":
+            sig[name] = "constexpr"
+        elif name in FLOATS:
+            sig[name] = "fp32"
+        elif name[0].isupper():
+            sig[name] = INTS.get(name, "*fp32")
+        else:
+            sig[name] = "i32"
+    for pdl in (False, True):
+        src = ASTSource(fn, sig, {**const, "PDL": pdl})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 4, "launch_pdl": pdl})
+        ptx = k.asm["ptx"]
+        out[f"{fn.__name__} {pdl}"] = [
+            "griddepcontrol.wait" in ptx, "griddepcontrol.launch_dependents" in ptx,
+            bool(k.metadata.launch_pdl)]
+print(json.dumps(out))
+"""
+
+
+def test_pdl_kernels_compile_for_sm90_either_way():
+    """Every decode kernel compiles for sm_90 (no GPU needed) with ``PDL`` off (no grid
+    dependency instructions) and on (wait and launch_dependents, the launch option)."""
+    import json
+    import subprocess
+    import sys
+
+    from mamba3_integrations.kernels import fused_decode
+
+    if not fused_decode.HAVE_PDL:
+        pytest.skip("this Triton has no programmatic dependent launch")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _PDL_COMPILE], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if proc.returncode and ("ptxas" in proc.stderr or "CUDA" in proc.stderr.split("\n")[-2]):
+        pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(got) == 12
+    for key, flags in got.items():
+        assert flags == ([True] * 3 if key.endswith("True") else [False] * 3), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gpu_graph_decode_pdl_equals_no_pdl(monkeypatch, batch):
+    """CUDA graphs of the fused step launched with PDL and without: the same logits, bit
+    for bit (PDL changes when kernels start, not what they compute), replay after replay.
+    Batch 1 takes the GEMV for every projection, batch 3 the other kernels."""
+    from mamba3_integrations.kernels import fused_decode
+    from mamba3_integrations.modeling import Mamba3LMHeadModel
+    from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
+    from tests.fixtures import hybrid_config
+
+    if not fused_decode.decode_pdl(torch.zeros(1, device="cuda")):
+        pytest.skip("no PDL on this device (needs compute capability 9 and the Triton API)")
+    torch.manual_seed(0)
+    ssm = {"layer": "Mamba3", "d_state": 128, "headdim": 64, "chunk_size": 16}
+    attn = {"num_heads": 8, "num_heads_kv": 2, "head_dim": 64, "rotary_emb_dim": 32,
+            "causal": True}
+    model = Mamba3LMHeadModel(hybrid_config(4099, window=5, d_model=512, n_layer=8,
+                                            attn_layer_idx=[1, 3, 6], attn_window={3: 5},
+                                            ssm_cfg=ssm, attn_cfg=attn),
+                              device="cuda", dtype=torch.bfloat16)
+    model.init_weights()
+    model.eval()
+    ids = torch.randint(0, 4099, (batch, 40), device="cuda")
+    cache = model.allocate_cache(batch, capacity=40)
+    model(ids[:, :9], cache=cache)
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "1")
+    logits = {}
+    for pdl in ("0", "1"):
+        monkeypatch.setenv("MAMBA3_DECODE_PDL", pdl)
+        decoder = CudaGraphDecoder(model, cache.clone())
+        logits[pdl] = torch.stack([decoder.step(ids[:, t]).float() for t in range(9, 40)])
+        decoder.close()
+    assert torch.isfinite(logits["1"]).all()
+    torch.testing.assert_close(logits["1"], logits["0"], rtol=0, atol=0)
