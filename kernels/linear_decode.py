@@ -33,8 +33,11 @@ try:
 except ImportError:  # Triton is an optional extra
     triton = None
 
-# Launch settings: the default, and per (out_features, in_features) overrides (tuning).
-GEMV_CONFIG = {"block_n": 8, "block_k": 512, "num_warps": 4, "num_stages": 1}
+# Launch settings: the default, the default for long rows (in_features >= 4096: the whole
+# row in flight), and per (out_features, in_features) overrides (tuning). Measured on an
+# H100, docs/benchmarks.md.
+GEMV_CONFIG = {"block_n": 4, "block_k": 1024, "num_warps": 4, "num_stages": 1}
+GEMV_LONG_ROWS = {"block_n": 2, "block_k": 4096, "num_warps": 4, "num_stages": 1}
 GEMV_SHAPES: dict[tuple[int, int], dict[str, int]] = {}
 # Weight shapes where cuBLAS measured faster (tuning): ``decode_linear`` keeps F.linear.
 CUBLAS_SHAPES: set[tuple[int, int]] = set()
@@ -44,7 +47,8 @@ MAX_ROWS = 1
 
 def gemv_config(n_out: int, k_in: int) -> dict[str, int]:
     """The launch settings for a weight of shape (n_out, k_in)."""
-    return {**GEMV_CONFIG, **GEMV_SHAPES.get((n_out, k_in), {})}
+    base = GEMV_LONG_ROWS if k_in >= GEMV_LONG_ROWS["block_k"] else GEMV_CONFIG
+    return {**base, **GEMV_SHAPES.get((n_out, k_in), {})}
 
 
 if triton is not None:

@@ -229,9 +229,10 @@ if triton is not None:
 # program leave the GPU mostly idle (batch 1: 64 heads), so the rows per program halve
 # (down to ``min_pblk``, with ``small_warps``) until there are ``min_programs`` programs.
 # ``prefetch_state``: the mixer's in_proj GEMV pulls the SSM state into L2 for the step
-# (the state is read from DRAM otherwise, which the step's short programs do not hide).
-FUSED_CONFIG = {"min_programs": 512, "min_pblk": 8, "small_warps": 2, "early_load": True,
-                "prefetch_state": True}
+# (off: with programmatic dependent launch the step's own early state load was faster on
+# an H100, docs/benchmarks.md).
+FUSED_CONFIG = {"min_programs": 512, "min_pblk": 8, "small_warps": 1, "early_load": True,
+                "prefetch_state": False}
 
 
 def fused_split(batch: int, nheads: int, headdim: int, out_norm: bool,

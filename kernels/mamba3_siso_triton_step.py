@@ -25,7 +25,7 @@ from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _ta
 # Launch settings of the step kernel: headdim rows per program, warps per program, the
 # state tile loaded first thing (its latency overlaps the q/k work) and streaming cache
 # hints on the state (evict first: it is touched once per step).
-STEP_CONFIG = {"pblk": 16, "num_warps": 4, "early_load": False, "evict": False}
+STEP_CONFIG = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False}
 
 
 @triton.jit
