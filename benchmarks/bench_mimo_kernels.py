@@ -503,7 +503,7 @@ def main() -> None:
     torch.manual_seed(0)
     t0 = time.time()
     checks = check_prefill() + check_step()
-    prefill, breakdown = ([], []) if args.step_only else bench_prefill(args.official)
+    prefill, breakdown = ([], {}) if args.step_only else bench_prefill(args.official)
     decode = bench_decode()
     summary(checks, prefill, breakdown, decode)
     print(f"\ntotal {time.time() - t0:.0f} s")
