@@ -208,14 +208,16 @@ class Mamba3Mixer(nn.Module):
 
         SISO on CUDA: ``in_proj``, one fused kernel (``mamba3_fused_step``: everything
         between the projections, state update included), ``out_proj``; the projections
-        of one row through the GEMV kernel (``decode_linear``), in_proj's also pulling
-        the SSM state into L2 for the step (``FUSED_CONFIG["prefetch_state"]``)."""
-        if not self.is_mimo and fused_step_supported(self.in_proj.weight, self.step_weights()):
+        of one row through the GEMV kernel (``decode_linear``; in_proj's may also pull the
+        SSM state into L2 for the step, ``FUSED_CONFIG["prefetch_state"]``, off by
+        default)."""
+        weights = None if self.is_mimo else self.step_weights()
+        if weights is not None and fused_step_supported(self.in_proj.weight, weights):
             state = (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
             zxbcdt = decode_linear(u, self.in_proj.weight, self.in_proj.bias,
                                    prefetch=cache.ssm if FUSED_CONFIG["prefetch_state"]
                                    else None)
-            y = mamba3_fused_step_triton(zxbcdt, state, self.step_weights())
+            y = mamba3_fused_step_triton(zxbcdt, state, weights)
             return decode_linear(y.to(u.dtype), self.out_proj.weight, self.out_proj.bias)
         p = self._project(u)
         if self.is_mimo:
