@@ -40,7 +40,7 @@ def main() -> None:
         siso.mamba3_step_triton(**x, state=state, inplace=True)
     elif args.workload == "mimo-prefill":
         x = mimo.prefill_inputs(args.batch, args.seqlen)
-        mimo.ours_prefill(x, chunk_rows=64, num_warps=8)
+        mimo.ours_prefill(x)
     else:
         x, state = mimo.decode_inputs(args.batch, mimo.R)
         mamba3_mimo_step(**x, state=state, inplace=True)
