@@ -26,33 +26,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-PI = tl.constexpr(3.141592653589793)
-TWO_PI = tl.constexpr(6.283185307179586)
+from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _cos_sin, _wrap
 
 
 @triton.jit
 def _tanh(x):
     return 2 * tl.sigmoid(2 * x) - 1
-
-
-@triton.jit
-def _wrap(x):
-    return x - TWO_PI * tl.floor(x / TWO_PI)
-
-
-@triton.jit
-def _cos_sin(x, FAST: tl.constexpr):
-    """cos and sin of ``x`` in [0, 2*pi); FAST uses the hardware approximations (absolute
-    error ~1e-6, for 16-bit inputs) instead of the libdevice functions."""
-    if FAST:
-        c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [x],
-                                      dtype=tl.float32, is_pure=True, pack=1)
-        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [x],
-                                      dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        c = tl.cos(x)
-        s = tl.sin(x)
-    return c, s
 
 
 @triton.jit
@@ -272,8 +251,7 @@ def _mimo_state_pass_kernel(
         decay = tl.exp(a_tot)
         s_lo, s_hi = (s_lo * decay + (l_lo * cos - l_hi * sin),
                       s_hi * decay + (l_lo * sin + l_hi * cos))
-        theta += inc
-        theta = theta - TWO_PI * tl.floor(theta / TWO_PI)
+        theta = _wrap(theta + inc)
         l_lo, l_hi, a_tot, inc = n_lo, n_hi, n_tot, n_inc
     if RETURN_STATE:
         tl.store(FIN_SSM + seq_h * size + idx, s_lo, mask=m)

@@ -15,8 +15,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import PI, TWO_PI, _cos_sin, _tanh
+from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import _tanh
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
+from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _cos_sin, _wrap
+from mamba3_integrations.kernels.mamba3_siso_triton_step import _last_arrival, arrival_counters
 
 NORM_EPS = 1e-5
 # State rows per program and warps: (pblk, num_warps) for a batch of more than
@@ -26,18 +28,7 @@ NORM_EPS = 1e-5
 STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 16, "small_warps": 4,
                "large_batch": 16}
 
-_COUNTERS: dict[torch.device, Tensor] = {}
 LAST_KERNELS: dict[str, object] = {}  # the latest compiled step kernel (resource report)
-
-
-def arrival_counters(device: torch.device, n: int) -> Tensor:
-    """Zeroed int32 counters (at least ``n``) of the MIMO step on a device; the kernel
-    leaves them at zero. First allocated by a warm-up step, before any graph capture."""
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < n:
-        counters = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _COUNTERS[device] = counters
-    return counters
 
 
 @triton.jit
@@ -57,17 +48,6 @@ def _ld(ptr, mask, EVEN: tl.constexpr):
     if EVEN:
         return tl.load(ptr).to(tl.float32)
     return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _last_arrival(COUNTER, at, nsplit):
-    """True in the last of the ``nsplit`` programs of a (row, head) to get here, which then
-    resets the counter; the barrier orders the program's earlier loads before the atomic."""
-    tl.debug_barrier()
-    arrived = tl.atomic_add(COUNTER + at, 1)
-    last = arrived == nsplit - 1
-    tl.atomic_xchg(COUNTER + at, 0, mask=last)
-    return last
 
 
 @triton.jit
@@ -120,7 +100,7 @@ def _mimo_step_kernel(
     theta = tl.load(ANGLE + b * st_b + h * st_h + i, mask=rotated, other=0.0)
     ang = tl.load(ANG + b * sa_b + h * sa_h + i, mask=rotated, other=0.0).to(tl.float32)
     theta += _tanh(ang) * dt * PI
-    theta = theta - TWO_PI * tl.floor(theta / TWO_PI)
+    theta = _wrap(theta)
     cos, sin = _cos_sin(theta, FAST)
     cos = tl.where(rotated, cos, 1.0)
     sin = tl.where(rotated, sin, 0.0)
