@@ -30,6 +30,7 @@ from mamba3_integrations.kernels.fused_decode import (
     gdc_wait,
     pdl_launch,
 )
+from mamba3_integrations.kernels.rotary import rotate_channels
 
 try:
     import triton
@@ -65,24 +66,11 @@ def rope_append_reference(qkv: Tensor, keys: Tensor, values: Tensor, position: T
             pos = (pos - pad_lengths.to(pos.device)[:, None]).clamp_min(0)
         angles = pos.to(torch.float32).unsqueeze(-1) * inv_freq
         cos, sin = angles.cos().unsqueeze(2).to(q.dtype), angles.sin().unsqueeze(2).to(q.dtype)
-        q, k = (_rotate(x, cos, sin, interleaved) for x in (q, k))
+        q, k = (rotate_channels(x, cos, sin, interleaved) for x in (q, k))
     slot = (position if window is None else position % window).view(1)
     keys.index_copy_(1, slot, k)
     values.index_copy_(1, slot, v)
     return q[:, 0]
-
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
-    dim = 2 * cos.shape[-1]
-    rot, rest = x[..., :dim], x[..., dim:]
-    if interleaved:
-        pairs = rot.unflatten(-1, (-1, 2))
-        x0, x1 = pairs[..., 0], pairs[..., 1]
-        rot = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
-    else:
-        x0, x1 = rot.chunk(2, dim=-1)
-        rot = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return torch.cat((rot, rest), dim=-1)
 
 
 def cache_attention_reference(q: Tensor, keys: Tensor, values: Tensor, position: Tensor,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mamba3_integrations.kernels.rotary import rotate_channels
+
 
 class RotaryEmbedding:
     """Rotates the first ``dim`` channels of q and k by position-dependent angles.
@@ -29,12 +31,4 @@ class RotaryEmbedding:
     def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """x (b, l, h, d); cos/sin (b, l, dim/2)."""
         cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)
-        rot, rest = x[..., : self.dim], x[..., self.dim :]
-        if self.interleaved:
-            pairs = rot.unflatten(-1, (-1, 2))
-            x0, x1 = pairs[..., 0], pairs[..., 1]
-            rot = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
-        else:
-            x0, x1 = rot.chunk(2, dim=-1)
-            rot = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-        return torch.cat((rot, rest), dim=-1)
+        return rotate_channels(x, cos, sin, self.interleaved)
