@@ -169,6 +169,23 @@ def _sub_chunk(g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq,
 
 
 @triton.jit
+def _sub_chunk_gates(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt,
+                     TRAP, s_tb, s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq,
+                     C: tl.constexpr, CPP: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Chunk ``j`` of super-chunk ``g`` for head ``h``: its row (int64), tokens, token
+    mask, chunk slot, validity and gates (``_load_gates``)."""
+    row, start, end, seq_end, slot, valid = _sub_chunk(
+        g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+    offs_t = start + tl.arange(0, C)
+    mask_t = offs_t < end
+    row64 = row.to(tl.int64)
+    adt, dt, lam, gamma, w = _load_gates(
+        ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
+        TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
+    return row64, offs_t, mask_t, slot, valid, adt, dt, lam, gamma, w
+
+
+@triton.jit
 def _rotary_kernel(
     ANG, s_gb, s_gt, s_gh, s_ga, DT, s_db, s_dh, s_dt,
     COS, SIN, CHUNK_ANG, LOCAL_OFFSET, CHUNKS, SUPER,
@@ -259,14 +276,9 @@ def _chunk_state_kernel(
     s_o = tl.zeros([PB, NH], dtype=tl.float32)
     a_tot = tl.sum(tl.zeros([C], dtype=tl.float32), 0)
     for j in range(CPP):
-        row, start, end, seq_end, slot, valid = _sub_chunk(
-            g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
-        offs_t = start + tl.arange(0, C)
-        mask_t = offs_t < end
-        row64 = row.to(tl.int64)
-        adt, dt, lam, gamma, w = _load_gates(
-            ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
-            TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
+        row64, offs_t, mask_t, slot, valid, adt, dt, lam, gamma, w = _sub_chunk_gates(
+            g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
         a_end = tl.sum(adt, 0)
         coef = tl.exp(a_end - tl.cumsum(adt, 0)) * w
         cos, sin = _load_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, offs_t,
@@ -415,14 +427,9 @@ def _chunk_scan_kernel(
     sin_c = tl.sin(theta_c)[None, :]
     s_e, s_o = _turn(st_e, st_o, cos_c, -sin_c)
     for j in range(CPP):
-        row, start, end, seq_end, slot, valid = _sub_chunk(
-            g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
-        offs_t = start + idx
-        mask_t = offs_t < end
-        row64 = row.to(tl.int64)
-        adt, dt, lam, gamma, w = _load_gates(
-            ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
-            TRAP + row64 * s_tb + h * s_th, s_tt, offs_t, mask_t, offs_t + 1 < seq_end)
+        row64, offs_t, mask_t, slot, valid, adt, dt, lam, gamma, w = _sub_chunk_gates(
+            g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
         a_cum = tl.cumsum(adt, 0)
         a_end = tl.sum(adt, 0)
         if SAVE:  # noqa: SIM102 (a constexpr, then a run-time condition)
