@@ -252,6 +252,20 @@ def best_variant(rows: dict) -> str | None:
     return min(VARIANTS, key=lambda n: sum(t[n] for t in tables) / len(tables))
 
 
+def timed_prefill(prefill, context: int) -> tuple[dict, object]:
+    """Time ``prefill()`` (already run once) from an emptied cache allocator: its figures
+    and the result of its last call."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    seconds, result = timed(prefill, 3 if context <= 16384 else 2)
+    row = {
+        "prefill_s": seconds,
+        "prefill_tok_s": context / seconds,
+        "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
+    }
+    return row, result
+
+
 @torch.inference_mode()
 def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
                compare_unfused: bool = False) -> dict:
@@ -264,14 +278,7 @@ def run_mamba3(model, context: int, n_decode: int, bandwidth: float,
         return cache, logits
 
     prefill()  # compiles the kernels for this length
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
-    row = {
-        "prefill_s": seconds,
-        "prefill_tok_s": context / seconds,
-        "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
-    }
+    row, (cache, logits) = timed_prefill(prefill, context)
 
     token = logits[:, -1].argmax(-1)
     if compare_unfused:
@@ -316,14 +323,7 @@ def run_llama(model, context: int, n_decode: int, bandwidth: float) -> dict:
         return out.past_key_values, out.logits
 
     prefill()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    seconds, (cache, logits) = timed(prefill, 3 if context <= 16384 else 2)
-    row = {
-        "prefill_s": seconds,
-        "prefill_tok_s": context / seconds,
-        "prefill_peak_gib": gib(torch.cuda.max_memory_allocated()),
-    }
+    row, (cache, logits) = timed_prefill(prefill, context)
     del cache
     torch.cuda.empty_cache()
     cache, logits = prefill()
