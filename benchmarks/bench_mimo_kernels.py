@@ -51,8 +51,9 @@ CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps 
     FwdConfig(rows=64, chunk=128, num_warps=8, state_warps=8),
     FwdConfig(rows=32, chunk=256, num_warps=8, state_warps=8, stages=2),
 ]
-# step (rows, warps, rank loops unrolled)
-STEP_VARIANTS = [(16, 4, True), (16, 8, True), (64, 4, False), (64, 8, False), (32, 4, False)]
+# step (rows, warps, register cap): the small-batch default p16 w4, the large-batch one
+# p64 w4, p64 w4 capped at 128 registers (4 programs per SM), others
+STEP_VARIANTS = [(16, 4, None), (32, 4, None), (64, 4, None), (64, 4, 128), (64, 8, None)]
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -239,12 +240,12 @@ def check_step() -> list[dict]:
                  torch.randn_like(state[3], dtype=torch.float32).to(dtype))
         ref_y, ref_state = mamba3_mimo_step_reference(
             **{k: v.float() for k, v in x.items()}, state=tuple(s.float() for s in state))
-        for pblk, warps, unroll in STEP_VARIANTS:
+        for pblk, warps, maxnreg in STEP_VARIANTS:
             live = tuple(s.clone() for s in state)
             y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps,
-                                             pblk=pblk, unroll=unroll)
+                                             pblk=pblk, maxnreg=maxnreg)
             rows.append(dict(check="step", dtype=str(dtype),
-                             config=f"p{pblk} w{warps}{' unrolled' if unroll else ''}",
+                             config=f"p{pblk} w{warps}{f' r{maxnreg}' if maxnreg else ''}",
                              out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
             print(rows[-1], flush=True)
     return rows
@@ -394,9 +395,9 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        steps = [(f"mimo_r{R}_p{pb}_w{w}{'_u' if u else ''}", R,
-                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb, unroll=u))
-                 for pb, w, u in STEP_VARIANTS]
+        steps = [(f"mimo_r{R}_p{pb}_w{w}{f'_r{m}' if m else ''}", R,
+                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb, maxnreg=m))
+                 for pb, w, m in STEP_VARIANTS]
         steps.append(("siso", None, mamba3_step))
         for name, rank, step in steps:
             x, state = decode_inputs(batch, rank)
