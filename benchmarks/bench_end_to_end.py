@@ -166,9 +166,12 @@ def fused_vs_unfused(model, cache, token: torch.Tensor, n_decode: int) -> dict:
 
 
 # Decode settings compared in one run (``decode_variants``): the GEMV launch settings of
-# the run-8 decode (one for every shape), the per-shape best of the one-row microbench
-# (``--tuning``'s ``gemv``; these from an H100 run when it has none), the in_proj GEMV
-# pulling the SSM state into L2, programmatic dependent launch.
+# the run-8 decode (one for every shape: ``base``), the per-shape best of the one-row
+# microbench (``tuned``: ``--tuning``'s ``gemv``; these from an H100 run when it has none),
+# the library's defaults (``default``), the in_proj GEMV pulling the SSM state into L2,
+# programmatic dependent launch, the add + RMSNorm fused into the GEMV after it
+# (``+normgemv``: one kernel fewer per norm; ``-bnN``/``-wN``: its output rows per
+# program / warps instead of ``linear_decode.NORM_GEMV_CONFIG``'s).
 BASE_GEMV = {"block_n": 4, "block_k": 1024, "num_warps": 4, "num_stages": 1}
 DECODE_SHAPES = ("8672x2048", "2048x4096", "3072x2048", "2048x2048", "50280x2048")
 MICRO_GEMV = {
@@ -179,32 +182,43 @@ MICRO_GEMV = {
     "50280x2048": {"block_n": 4, "block_k": 4096, "num_warps": 8, "num_stages": 1},
 }
 TUNED_GEMV: dict = {}  # --tuning's per-shape GEMV settings (MICRO_GEMV without)
-# name: (GEMV per shape: "base" or "tuned", state prefetch, PDL)
+# name: (GEMV per shape: "base", "tuned" or "default", state prefetch, PDL, add + RMSNorm
+# + GEMV: None for add_rms_norm and the GEMV, else its settings over NORM_GEMV_CONFIG)
 VARIANTS = {
-    "baseline": ("base", False, False),
-    "bk4096": ("tuned", False, False),
-    "bk4096+prefetch": ("tuned", True, False),
-    "bk4096+prefetch+pdl": ("tuned", True, True),
-    "bk4096+pdl": ("tuned", False, True),
-    "baseline+pdl": ("base", False, True),
+    "baseline": ("base", False, False, None),
+    "bk4096": ("tuned", False, False, None),
+    "bk4096+prefetch": ("tuned", True, False, None),
+    "bk4096+prefetch+pdl": ("tuned", True, True, None),
+    "bk4096+pdl": ("tuned", False, True, None),
+    "baseline+pdl": ("base", False, True, None),
+    "default+pdl": ("default", False, True, None),
+    "default+pdl+normgemv": ("default", False, True, {}),
+    "bk4096+normgemv": ("tuned", False, False, {}),
+    "bk4096+pdl+normgemv": ("tuned", False, True, {}),
+    "bk4096+pdl+normgemv-bn8": ("tuned", False, True, {"block_n": 8}),
+    "bk4096+pdl+normgemv-bn8-w8": ("tuned", False, True, {"block_n": 8, "num_warps": 8}),
 }
 
 
 def variant_settings(name: str) -> dict:
     """The ``best`` entries (``apply_decode_tuning``) of a decode variant."""
-    gemv, prefetch, pdl = VARIANTS[name]
-    table = {k: BASE_GEMV for k in DECODE_SHAPES} if gemv == "base" else (
-        TUNED_GEMV or MICRO_GEMV)
+    gemv, prefetch, pdl, norm = VARIANTS[name]
+    table = {"base": {k: BASE_GEMV for k in DECODE_SHAPES}, "default": {},
+             "tuned": TUNED_GEMV or MICRO_GEMV}[gemv]
     return {"gemv": {k: dict(v) if v else None for k, v in table.items()},
-            "prefetch_state": prefetch, "pdl": pdl}
+            "prefetch_state": prefetch, "pdl": pdl, "norm_linear": norm is not None,
+            "norm_gemv": {**linear_decode.NORM_GEMV_CONFIG, **(norm or {})}}
 
 
 def decode_variants(model, cache, token: torch.Tensor, n_decode: int, rounds: int = 5) -> dict:
     """Each of ``VARIANTS`` captured in its own graph on its own copy of ``cache``, then
     timed in turns (``rounds`` times ``n_decode`` tokens each, median): ms per token,
-    and the top kernels of the fastest. The settings in force are restored."""
+    kernels per token of each, and the top kernels of the fastest. The settings in force
+    are restored."""
+    env = ("MAMBA3_DECODE_PDL", "MAMBA3_DECODE_NORM_LINEAR")
     saved = (dict(linear_decode.GEMV_SHAPES), set(linear_decode.CUBLAS_SHAPES),
-             fused_step.FUSED_CONFIG["prefetch_state"], os.environ.get("MAMBA3_DECODE_PDL"))
+             fused_step.FUSED_CONFIG["prefetch_state"], {k: os.environ.get(k) for k in env},
+             dict(linear_decode.NORM_GEMV_CONFIG))
     decoders = {}
     try:
         for name in VARIANTS:
@@ -220,10 +234,12 @@ def decode_variants(model, cache, token: torch.Tensor, n_decode: int, rounds: in
         linear_decode.CUBLAS_SHAPES.clear()
         linear_decode.CUBLAS_SHAPES.update(saved[1])
         fused_step.FUSED_CONFIG["prefetch_state"] = saved[2]
-        if saved[3] is None:
-            os.environ.pop("MAMBA3_DECODE_PDL", None)
-        else:
-            os.environ["MAMBA3_DECODE_PDL"] = saved[3]
+        for key, value in saved[3].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        linear_decode.NORM_GEMV_CONFIG.update(saved[4])
     times = {name: [] for name in decoders}
     for _ in range(rounds):
         for name, d in decoders.items():
@@ -232,14 +248,16 @@ def decode_variants(model, cache, token: torch.Tensor, n_decode: int, rounds: in
     ms = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     fastest = min(ms, key=ms.get)
     out = {"ms_per_token": ms, "fastest": fastest,
+           "kernels_per_token": {name: graph_kernels(d, token, top=0)["kernels_per_token"]
+                                 for name, d in decoders.items()},
            "fastest_kernels": graph_kernels(decoders[fastest], token)}
     for d in decoders.values():
         d.close()
     del decoders
     torch.cuda.empty_cache()
-    print("  decode variants (ms/token): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()) + f"; fastest {fastest}",
-          flush=True)
+    print("  decode variants (ms/token, kernels/token): "
+          + ", ".join(f"{k} {v:.3f} {out['kernels_per_token'][k]}" for k, v in ms.items())
+          + f"; fastest {fastest}", flush=True)
     return out
 
 
@@ -387,8 +405,9 @@ def plot(result: dict, path: Path) -> None:
 
 def apply_decode_tuning(best: dict) -> None:
     """The fused step's small-batch split and the GEMV settings per shape (shapes where
-    cuBLAS was faster keep ``F.linear``) from a ``--decode-check`` run; the state prefetch
-    and PDL switches (an ``e2e.json``'s ``best``, from ``decode_variants``)."""
+    cuBLAS was faster keep ``F.linear``) from a ``--decode-check`` run; the state prefetch,
+    PDL and add + RMSNorm + GEMV switches and the latter's settings (an ``e2e.json``'s
+    ``best``, from ``decode_variants``)."""
     if "fused" in best:
         pb = best["fused"]["pblk"]
         # 64 heads of 64 at batch 1 split into exactly ``pb`` rows per program.
@@ -399,6 +418,10 @@ def apply_decode_tuning(best: dict) -> None:
         fused_step.FUSED_CONFIG["prefetch_state"] = bool(best["prefetch_state"])
     if "pdl" in best:  # programmatic dependent launch (read when a graph is captured)
         os.environ["MAMBA3_DECODE_PDL"] = "1" if best["pdl"] else "0"
+    if "norm_linear" in best:  # add + RMSNorm + GEMV (read when a graph is captured)
+        os.environ["MAMBA3_DECODE_NORM_LINEAR"] = "1" if best["norm_linear"] else "0"
+    if "norm_gemv" in best:
+        linear_decode.NORM_GEMV_CONFIG.update(best["norm_gemv"])
     for shape, cfg in best.get("gemv", {}).items():
         n, k = (int(v) for v in shape.split("x"))
         if cfg is None:
@@ -501,11 +524,12 @@ def main() -> None:
                 if "decode_variants" in r]
     if variants:
         print("\n| decode variant (ms/token) | " + " | ".join(str(c) for c, _ in variants)
-              + " |")
-        print("|---|" + "---|" * len(variants))
+              + " | kernels/token |")
+        print("|---|" + "---|" * (len(variants) + 1))
         for name in VARIANTS:
             print(f"| {name} | " + " | ".join(f"{v['ms_per_token'][name]:.3f}"
-                                              for _, v in variants) + " |")
+                                              for _, v in variants)
+                  + f" | {variants[0][1].get('kernels_per_token', {}).get(name)} |")
         print(f"winner (mean over contexts): {result.get('best_decode_variant')}; best: "
               f"{json.dumps(result.get('best'))}")
         for context, v in variants:

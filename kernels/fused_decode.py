@@ -3,6 +3,8 @@
 On CUDA by default; ``MAMBA3_FUSED_DECODE=0`` or ``MAMBA3_DISABLE_TRITON=1`` turn them off
 (the unfused PyTorch step runs), ``MAMBA3_FUSED_DECODE=1`` also turns them on off CUDA,
 i.e. in Triton's interpreter (``TRITON_INTERPRET=1``), for tests.
+``MAMBA3_DECODE_NORM_LINEAR=0`` keeps a block's add + RMSNorm and the projection after it
+as two kernels (``linear_decode.norm_linear_decode_supported``).
 
 Programmatic dependent launch (PDL, ``decode_pdl``): the decode kernels are launched with
 ``launch_pdl=True`` and their ``PDL`` constexpr on, so a kernel starts while the one

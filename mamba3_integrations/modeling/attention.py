@@ -97,16 +97,19 @@ class Attention(nn.Module):
         start: int = 0,
         pad_lengths: Tensor | None = None,
         token_mask: Tensor | None = None,
+        projected: bool = False,
     ) -> Tensor:
         """x (b, l, d_model) at absolute positions ``[start, start + l)``.
 
         With a cache, the new keys/values are added to it and queries also see the
         cached ones. ``pad_lengths`` (b,) counts each row's left padding: padded
         positions are never attended to and rotary positions start after them.
+        ``projected``: x is ``in_proj(x)`` already (decode: the block computes it together
+        with its norm, ``modeling.block.decode_norm_linear``).
         """
         b, seqlen, _ = x.shape
         decode = cache is not None and seqlen == 1
-        qkv = self._project(self.in_proj, x, decode)
+        qkv = x if projected else self._project(self.in_proj, x, decode)
         if self.mlp_dim:
             qkv, side = qkv.split([self.qkv_dim, self.mlp_dim], dim=-1)
             up, gate = side.chunk(2, dim=-1)

@@ -13,7 +13,7 @@ from mamba3_integrations.kernels.add_rms_norm import add_rms_norm
 from mamba3_integrations.kernels.fused_decode import fused_decode_enabled
 from mamba3_integrations.kernels.linear_decode import decode_linear
 from mamba3_integrations.modeling.attention import Attention
-from mamba3_integrations.modeling.block import Block
+from mamba3_integrations.modeling.block import Block, decode_norm_linear
 from mamba3_integrations.modeling.cache import InferenceCache
 from mamba3_integrations.modeling.config import Mamba3Config
 from mamba3_integrations.modeling.mamba3_mixer import Mamba3Mixer
@@ -199,10 +199,15 @@ class Mamba3LMHeadModel(nn.Module):
 
     def step_logits(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
         """``step`` without input checks and without advancing ``cache.seqlen`` (what a
-        CUDA graph captures): fused decode kernels where enabled."""
+        CUDA graph captures): fused decode kernels where enabled (the final norm and the
+        LM head in one, ``decode_norm_linear``)."""
         hidden, residual = self.backbone.embedding(input_ids), None
         for block, layer_cache in zip(self.backbone.layers, cache.layers, strict=True):
             hidden, residual = block.step(hidden, residual, layer_cache, cache.seqlen,
                                           cache.pad_lengths)
+        fused = decode_norm_linear(hidden, residual, self.backbone.norm_f, self.lm_head,
+                                   residual_in_fp32=False)
+        if fused is not None:
+            return fused[0]
         hidden = self.backbone.step_final_norm(hidden, residual)
         return decode_linear(hidden, self.lm_head.weight, self.lm_head.bias)

@@ -116,14 +116,16 @@ class Mamba3Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
 
     # ----------------------------------------------------------- projections
-    def _project(self, u: Tensor, token_mask: Tensor | None = None) -> dict[str, Tensor]:
+    def _project(self, u: Tensor, token_mask: Tensor | None = None,
+                 projected: bool = False) -> dict[str, Tensor]:
         """in_proj and the per-token preprocessing shared by forward and step.
 
-        Works for u (..., d_model); returns tensors with heads split out and B, C as
-        (..., R, G, N) (rank-major in ``in_proj``, R = 1 for SISO).
+        Works for u (..., d_model), or ``in_proj(u)`` when ``projected``; returns tensors
+        with heads split out and B, C as (..., R, G, N) (rank-major in ``in_proj``, R = 1
+        for SISO).
         """
-        z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(self.in_proj(u), self.split_sizes,
-                                                            dim=-1)
+        zxbcdt = u if projected else self.in_proj(u)
+        z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(zxbcdt, self.split_sizes, dim=-1)
         A = (-heavy_tail(dd_A.float())).clamp(max=-self.A_floor)
         DT = F.softplus(dd_dt + self.dt_bias)
         x = x.unflatten(-1, (self.nheads, self.headdim))
@@ -203,23 +205,28 @@ class Mamba3Mixer(nn.Module):
             norm=self.norm.weight if self.is_outproj_norm else None,
         )
 
-    def step(self, u: Tensor, cache: Mamba3LayerCache) -> Tensor:
+    def step_prefetch(self, cache: Mamba3LayerCache) -> Tensor | None:
+        """What the decode ``in_proj`` GEMV pulls into L2 for the fused step: the SSM state
+        with ``FUSED_CONFIG["prefetch_state"]`` (off by default), else None."""
+        return cache.ssm if FUSED_CONFIG["prefetch_state"] and not self.is_mimo else None
+
+    def step(self, u: Tensor, cache: Mamba3LayerCache, projected: bool = False) -> Tensor:
         """One token: u (b, d_model) -> (b, d_model); advances ``cache`` in place.
+        ``projected``: u is ``in_proj(u)`` already (b, in_proj.out_features), as the block
+        computes it together with its norm (``modeling.block.decode_norm_linear``).
 
         SISO on CUDA: ``in_proj``, one fused kernel (``mamba3_fused_step``: everything
         between the projections, state update included), ``out_proj``; the projections
         of one row through the GEMV kernel (``decode_linear``; in_proj's may also pull the
-        SSM state into L2 for the step, ``FUSED_CONFIG["prefetch_state"]``, off by
-        default)."""
+        SSM state into L2 for the step, ``step_prefetch``)."""
         weights = None if self.is_mimo else self.step_weights()
         if weights is not None and fused_step_supported(self.in_proj.weight, weights):
             state = (cache.angle, cache.ssm, cache.k[:, 0], cache.v)
-            zxbcdt = decode_linear(u, self.in_proj.weight, self.in_proj.bias,
-                                   prefetch=cache.ssm if FUSED_CONFIG["prefetch_state"]
-                                   else None)
+            zxbcdt = u if projected else decode_linear(
+                u, self.in_proj.weight, self.in_proj.bias, prefetch=self.step_prefetch(cache))
             y = mamba3_fused_step_triton(zxbcdt, state, weights)
             return decode_linear(y.to(u.dtype), self.out_proj.weight, self.out_proj.bias)
-        p = self._project(u)
+        p = self._project(u, projected=projected)
         if self.is_mimo:
             y, _ = mamba3_mimo_step(**self._mimo_args(p), ADT=p["ADT"], DT=p["DT"],
                                     Trap=p["trap"], state=cache.as_tuple(), inplace=True)

@@ -22,7 +22,8 @@ class GatedMLP(nn.Module):
         y, gate = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(y * F.silu(gate))
 
-    def step(self, x: Tensor) -> Tensor:
-        """``forward`` for one decode token (b, d): one row through the GEMV kernel."""
-        y, gate = decode_linear(x, self.fc1.weight).chunk(2, dim=-1)
+    def step(self, x: Tensor, projected: bool = False) -> Tensor:
+        """``forward`` for one decode token (b, d): one row through the GEMV kernel.
+        ``projected``: x is ``fc1(x)`` already (the block's fused norm and ``fc1``)."""
+        y, gate = (x if projected else decode_linear(x, self.fc1.weight)).chunk(2, dim=-1)
         return decode_linear(y * F.silu(gate), self.fc2.weight)

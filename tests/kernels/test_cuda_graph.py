@@ -46,16 +46,18 @@ def test_device_position_decode_matches_eager(prefill):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [2, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_graph_decoder_matches_eager(dtype):
+def test_cuda_graph_decoder_matches_eager(dtype, batch):
+    """Batch 1 takes the one-row kernels (GEMV, add + RMSNorm + GEMV) in both."""
     from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
 
     ssm = {"layer": "Mamba3", "d_state": 32, "headdim": 16, "chunk_size": 16}
     model = make_model(dtype, "cuda", ssm_cfg=ssm)
-    ids = torch.randint(0, VOCAB, (2, 30), device="cuda")
-    mask = torch.ones(2, 7, dtype=torch.long, device="cuda")
+    ids = torch.randint(0, VOCAB, (batch, 30), device="cuda")
+    mask = torch.ones(batch, 7, dtype=torch.long, device="cuda")
     mask[0, :2] = 0
-    cache = model.allocate_cache(2, capacity=30)
+    cache = model.allocate_cache(batch, capacity=30)
     model(ids[:, :7], attention_mask=mask, cache=cache)
     eager = cache.clone()
     decoder = CudaGraphDecoder(model, cache)

@@ -1,6 +1,7 @@
 """Decode kernels against their PyTorch twins on small awkward shapes: the split SISO step,
-the fused mixer step, the one-row GEMV, add + RMSNorm, rotary/cache write and split-KV
-attention; the mixer and the whole model decoding with them against the unfused path.
+the fused mixer step, the one-row GEMV, add + RMSNorm, add + RMSNorm + GEMV, rotary/cache
+write and split-KV attention; the mixer and the whole model decoding with them against the
+unfused path.
 
 Without CUDA the kernels run under Triton's interpreter (``tests/conftest.py``).
 """
@@ -134,6 +135,26 @@ def test_mixer_fused_step_equals_unfused(monkeypatch, is_outproj_norm):
         assert rel_err(a, b) < 1e-5, name
 
 
+@pytest.mark.parametrize("is_mimo", [False, True])
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_mixer_step_takes_projected_input(monkeypatch, is_mimo, fused):
+    """``step(in_proj(u), projected=True)`` (what the block's fused norm + in_proj hands
+    over) equals ``step(u)``: the fused SISO step, the unfused one, MIMO."""
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
+    torch.manual_seed(0)
+    mixer = Mamba3Mixer(24, d_state=16, expand=2, headdim=16, ngroups=1, is_mimo=is_mimo,
+                        mimo_rank=2, device=DEVICE, dtype=torch.float32)
+    u = torch.randn(3, 1, 24, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    caches = [random_cache(mixer, 1, 9) for _ in range(2)]
+    for t in range(3):
+        want = mixer.step(u[t], caches[0])
+        got = mixer.step(torch.nn.functional.linear(u[t], mixer.in_proj.weight), caches[1],
+                         projected=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(caches[1].as_tuple(), caches[0].as_tuple(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_split_fills_the_gpu_at_batch_one():
     """Batch 1, 64 heads of 64: blocks of 8 rows (512 programs); large batches keep the step
     kernel's blocks; the gated RMSNorm keeps whole heads."""
@@ -224,6 +245,103 @@ def test_add_rms_norm_matches_reference(residual_in_fp32, dtype, first):
                                    atol=1e-5)
 
 
+# ------------------------------------------------------------ add + RMSNorm + GEMV
+@pytest.mark.parametrize("n_out,k_in,block_n,block_k,bias", [
+    (37, 45, 8, 16, True),  # N and K not multiples of the blocks, several K tiles
+    (5, 100, 4, 128, False),  # fewer rows than one block, K in one masked tile
+    (64, 96, 8, 32, False),  # even K (no masks), several K tiles
+    (24, 24, 16, None, True),  # the default settings (the whole row in one tile)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("residual_kind", ["none", "same", "fp32"])
+@pytest.mark.parametrize("residual_in_fp32", [False, True])
+def test_norm_linear_matches_reference(n_out, k_in, block_n, block_k, dtype, residual_kind,
+                                       residual_in_fp32, bias):
+    """The fused add + RMSNorm + GEMV against ``add_rms_norm_reference`` then F.linear (the
+    residual bit for bit, y to float32 sums), and against the two kernels it replaces
+    (``add_rms_norm`` then the GEMV, same tiles): bit for bit in the interpreter where the
+    row is one tile (the same sum of squares; the normalised row is rounded to the dtype
+    before the GEMV, as there). One and three rows; no residual (the first block), one in
+    the dtype, or a float32 one."""
+    g = torch.Generator().manual_seed(n_out * k_in)
+    res_dtype = {"none": None, "same": dtype, "fp32": torch.float32}[residual_kind]
+    nw = (1 + 0.3 * torch.randn(k_in, generator=g)).to(DEVICE, dtype)
+    w = torch.randn(n_out, k_in, generator=g).to(DEVICE, dtype)
+    b = torch.randn(n_out, generator=g).to(DEVICE, dtype) if bias else None
+    settings = dict(block_n=block_n, block_k=block_k, num_warps=2)
+    for rows in (1, 3):
+        hidden = (torch.randn(rows, k_in, generator=g) * 2).to(DEVICE, dtype)
+        residual = (None if res_dtype is None else
+                    torch.randn(rows, k_in, generator=g).to(DEVICE, res_dtype))
+        y, res = linear_decode.norm_linear_decode_triton(
+            hidden, residual, nw, 1e-5, w, b, residual_in_fp32, **settings)
+        normed, want_res = add_rms_norm_reference(hidden, residual, nw, 1e-5, residual_in_fp32)
+        want = torch.nn.functional.linear(normed.float(), w.float(),
+                                          None if b is None else b.float()).to(dtype)
+        two_normed, two_res = add_rms_norm_triton(hidden, residual, nw, 1e-5, residual_in_fp32)
+        assert y.dtype == dtype and y.shape == (rows, n_out)
+        assert res.dtype == want_res.dtype and torch.equal(res, two_res)
+        if not (residual_in_fp32 and res_dtype == dtype != torch.float32):
+            # (else the float32 sum, unrounded, as add_rms_norm; a model's residual is
+            # already float32 there)
+            assert torch.equal(res, want_res)
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(y, want, rtol=tol, atol=tol)
+        cfg = linear_decode.norm_gemv_config(n_out, k_in)
+        two = linear_decode.linear_decode_triton(
+            two_normed, w, b, block_n=block_n or cfg["block_n"],
+            block_k=block_k or cfg["block_k"], num_warps=2)
+        if CUDA or (block_k or k_in) < k_in:  # sums of squares in another order
+            torch.testing.assert_close(y, two, rtol=tol, atol=tol)
+        else:
+            assert torch.equal(y, two)
+
+
+def test_norm_linear_shapes_and_dispatch(monkeypatch):
+    """Leading axes are kept; the fused kernel for one row with the fused decode on and
+    the norm weight in the weight's dtype, not for two rows, other dtypes, autograd, the
+    fused decode off or ``MAMBA3_DECODE_NORM_LINEAR=0``; mismatched shapes raise."""
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "1")
+    monkeypatch.delenv("MAMBA3_DECODE_NORM_LINEAR", raising=False)
+    supported = linear_decode.norm_linear_decode_supported
+    w, nw = torch.randn(6, 8, device=DEVICE), torch.ones(8, device=DEVICE)
+    h = torch.randn(1, 1, 8, device=DEVICE)
+    r = torch.randn(1, 1, 8, device=DEVICE)
+    y, res = linear_decode.norm_linear_decode_triton(h, r, nw, 1e-5, w)
+    assert y.shape == (1, 1, 6) and res.shape == (1, 1, 8)
+    assert supported(h, r, nw, w) and supported(h, None, nw, w)
+    assert supported(h.half(), r, nw.half(), w.half())  # float32 residual, half the rest
+    assert not supported(torch.randn(2, 8, device=DEVICE), None, nw, w)
+    assert not supported(h, r, nw.half(), w)
+    assert not supported(h, r[..., :4], nw, w)
+    assert not supported(h, r, nw, w.requires_grad_())
+    with torch.no_grad():
+        assert supported(h, r, nw, w)
+    w = w.detach()
+    monkeypatch.setenv("MAMBA3_DECODE_NORM_LINEAR", "0")
+    assert not supported(h, r, nw, w)
+    monkeypatch.delenv("MAMBA3_DECODE_NORM_LINEAR")
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "0")
+    assert not supported(h, r, nw, w)
+    with pytest.raises(ValueError, match="features"):
+        linear_decode.norm_linear_decode_triton(h, r, nw[:7], 1e-5, w)
+    with pytest.raises(ValueError, match="residual"):
+        linear_decode.norm_linear_decode_triton(h, r[..., :4], nw, 1e-5, w)
+
+
+def test_norm_gemv_config_overrides():
+    """``NORM_GEMV_CONFIG`` (the whole row of the model's shapes in one tile), per-shape
+    overrides win."""
+    assert linear_decode.norm_gemv_config(8672, 2048)["block_k"] >= 2048
+    linear_decode.NORM_GEMV_SHAPES[(8672, 2048)] = {"block_n": 2}
+    try:
+        cfg = linear_decode.norm_gemv_config(8672, 2048)
+        assert cfg == {**linear_decode.NORM_GEMV_CONFIG, "block_n": 2}
+        assert linear_decode.norm_gemv_config(3072, 2048) == linear_decode.NORM_GEMV_CONFIG
+    finally:
+        del linear_decode.NORM_GEMV_SHAPES[(8672, 2048)]
+
+
 # ------------------------------------------------------------ attention decode
 def cache_case(batch, slots, h, h_kv, d, dtype, seed):
     g = torch.Generator().manual_seed(seed)
@@ -269,11 +387,23 @@ def test_model_fused_decode_equals_unfused(monkeypatch, batch):
     """A float32 hybrid (Mamba-3 with is_outproj_norm and ngroups 2, global and sliding-window
     attention with conv, GatedMLP), left padding, the ring wrapping: decode through the
     capture-safe path with every fused kernel against the unfused one. Batch 1 also takes
-    the GEMV kernel for every projection and the LM head."""
+    the GEMV kernel for every projection and the LM head, and the add + RMSNorm + GEMV
+    kernel for every norm (before each mixer and MLP, the final one): its launches are
+    counted, and it is also compared with the fused decode without it
+    (``MAMBA3_DECODE_NORM_LINEAR=0``: ``add_rms_norm`` and the GEMV)."""
     from mamba3_integrations.modeling import Mamba3LMHeadModel
+    from mamba3_integrations.modeling import block as block_mod
     from mamba3_integrations.modeling.cache import KVCache, SlidingWindowCache
     from tests.fixtures import hybrid_config
 
+    launches = []
+    fused_norm_linear = block_mod.norm_linear_decode_triton
+
+    def counted(*args, **kwargs):
+        launches.append(args[4].shape)  # the projection's weight
+        return fused_norm_linear(*args, **kwargs)
+
+    monkeypatch.setattr(block_mod, "norm_linear_decode_triton", counted)
     torch.manual_seed(0)
     ssm = {"layer": "Mamba3", "d_state": 16, "headdim": 8, "ngroups": 2,
            "is_outproj_norm": True, "chunk_size": 8}
@@ -285,9 +415,11 @@ def test_model_fused_decode_equals_unfused(monkeypatch, batch):
     mask = torch.ones(2, 4, dtype=torch.long, device=DEVICE)
     mask[1, :2] = 0
     ids, mask = ids[:batch], mask[:batch]
-    logits = {}
-    for fused in ("0", "1"):
-        monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused)
+    logits, counts = {}, {}
+    for fused in ("0", "1", "1 without norm + GEMV"):
+        monkeypatch.setenv("MAMBA3_FUSED_DECODE", fused[0])
+        monkeypatch.setenv("MAMBA3_DECODE_NORM_LINEAR", "0" if " " in fused else "1")
+        launches.clear()
         cache = model.allocate_cache(batch, capacity=16)
         model(ids[:, :4], attention_mask=mask, cache=cache)
         position = torch.tensor(4, device=DEVICE)
@@ -298,8 +430,11 @@ def test_model_fused_decode_equals_unfused(monkeypatch, batch):
         for t in range(4, ids.shape[1]):
             out.append(model.step(ids[:, t], cache))
             position += 1
-        logits[fused] = torch.stack(out)
-    torch.testing.assert_close(logits["1"], logits["0"], rtol=1e-4, atol=1e-4)
+        logits[fused], counts[fused] = torch.stack(out), len(launches)
+    for fused in ("1", "1 without norm + GEMV"):
+        torch.testing.assert_close(logits[fused], logits["0"], rtol=1e-4, atol=1e-4)
+    # 4 blocks with a mixer and an MLP norm each, the final norm; 8 tokens
+    assert counts == {"0": 0, "1": 9 * 8 if batch == 1 else 0, "1 without norm + GEMV": 0}
 
 
 @pytest.mark.gpu
@@ -330,6 +465,52 @@ def test_gpu_graph_decode_fused_equals_unfused(monkeypatch, dtype):
         decoder.close()
     err = ((logits["1"] - logits["0"]).norm() / logits["0"].norm()).item()
     assert err < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def graph_kernels(decoder, token) -> int:
+    """Kernels in one replay of a CUDA-graph decoder (profiler; 0 if it sees none)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        decoder.step(token)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith("Memcpy"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_graph_decode_norm_linear_equals_two_kernels(monkeypatch):
+    """Batch 1 bfloat16 CUDA graphs with the add + RMSNorm + GEMV kernel and without it
+    (``add_rms_norm`` then the GEMV): the same logits up to the order of float32 sums, and
+    one kernel fewer per norm (8 blocks of mixer and MLP, the final norm: 17)."""
+    from mamba3_integrations.modeling import Mamba3LMHeadModel
+    from mamba3_integrations.runtime.cuda_graph import CudaGraphDecoder
+    from tests.fixtures import hybrid_config
+
+    torch.manual_seed(0)
+    ssm = {"layer": "Mamba3", "d_state": 128, "headdim": 64, "chunk_size": 16}
+    attn = {"num_heads": 8, "num_heads_kv": 2, "head_dim": 64, "rotary_emb_dim": 32,
+            "causal": True, "qkv_proj_bias": True}
+    model = Mamba3LMHeadModel(hybrid_config(4099, window=5, d_model=384, n_layer=8,
+                                            d_intermediate=640, attn_layer_idx=[1, 3, 6],
+                                            attn_window={3: 5}, ssm_cfg=ssm, attn_cfg=attn),
+                              device="cuda", dtype=torch.bfloat16)
+    model.init_weights()
+    model.eval()
+    ids = torch.randint(0, 4099, (1, 40), device="cuda")
+    cache = model.allocate_cache(1, capacity=40)
+    model(ids[:, :9], cache=cache)
+    monkeypatch.setenv("MAMBA3_FUSED_DECODE", "1")
+    logits, kernels = {}, {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("MAMBA3_DECODE_NORM_LINEAR", fused)
+        decoder = CudaGraphDecoder(model, cache.clone())
+        logits[fused] = torch.stack([decoder.step(ids[:, t]).float() for t in range(9, 39)])
+        kernels[fused] = graph_kernels(decoder, ids[:, 39])
+        decoder.close()
+    err = ((logits["1"] - logits["0"]).norm() / logits["0"].norm()).item()
+    assert err < 1e-2
+    if kernels["0"]:
+        assert kernels["0"] - kernels["1"] == 17, kernels
 
 
 # ------------------------------------------------------------ programmatic dependent launch
@@ -368,7 +549,9 @@ FLOATS = {"eps", "A_floor", "scale_log2"}
 INTS = {"POS": "*i64", "PAD": "*i64", "COUNTER": "*i32"}
 kernels = [
     (linear_decode._gemv_kernel, dict(BLOCK_N=4, BLOCK_K=256, EVEN_K=False, HAS_BIAS=True,
-                                      PF_BLOCK=64)),
+                                      PF_BLOCK=64, NORM=False, HAS_R=False)),
+    (linear_decode._gemv_kernel, dict(BLOCK_N=8, BLOCK_K=256, EVEN_K=False, HAS_BIAS=True,
+                                      PF_BLOCK=64, NORM=True, HAS_R=True)),
     (add_rms_norm._add_rms_norm_kernel, dict(BLOCK=256, HAS_R=True)),
     (fs._fused_step_kernel, dict(NB=64, PBLK=16, OUT_NORM=False, SYNC=True, DT_ROUND=True,
                                  EARLY=True, EVICT=False)),
@@ -395,7 +578,7 @@ for fn, const in kernels:
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": 4, "launch_pdl": pdl})
         ptx = k.asm["ptx"]
-        out[f"{fn.__name__} {pdl}"] = [
+        out[f"{fn.__name__} {const.get('NORM', '')} {pdl}"] = [
             "griddepcontrol.wait" in ptx, "griddepcontrol.launch_dependents" in ptx,
             bool(k.metadata.launch_pdl)]
 print(json.dumps(out))
@@ -420,7 +603,7 @@ def test_pdl_kernels_compile_for_sm90_either_way():
         pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(got) == 12
+    assert len(got) == 14
     for key, flags in got.items():
         assert flags == ([True] * 3 if key.endswith("True") else [False] * 3), key
 
