@@ -46,14 +46,15 @@ A = N // 4  # rope_fraction 0.5
 DTYPE = torch.bfloat16
 PREFILL = [(1, 16384), (8, 4096)]
 DECODE = [1, 128]
-CONFIGS = [  # prefill tiles: rows per sub-chunk, tokens per state chunk, warps (scan, state)
-    DEFAULT_CONFIG,  # r32 c128 w8/8, no pipelining
-    FwdConfig(rows=64, chunk=128, num_warps=8, state_warps=8),
-    FwdConfig(rows=32, chunk=256, num_warps=8, state_warps=8, stages=2),
+CONFIGS = [  # prefill: rows per chunk, tokens per program, warps and stages (scan / state)
+    DEFAULT_CONFIG,  # r64 c512 w4/4 s1/2
+    FwdConfig(rows=64, chunk=512, num_warps=8),
+    FwdConfig(rows=32, chunk=512),
+    FwdConfig(rows=64, chunk=512, whole_seq_programs=1 << 30),  # never whole sequences
 ]
-# step (rows, warps, register cap): the small-batch default p16 w4, the large-batch one
-# p64 w4, p64 w4 capped at 128 registers (4 programs per SM), others
-STEP_VARIANTS = [(16, 4, None), (32, 4, None), (64, 4, None), (64, 4, 128), (64, 8, None)]
+# step (rows per program, warps, register cap: None the default of STEP_CONFIG, 0 none);
+# (64, 4, None) is the default at every batch
+STEP_VARIANTS = [(16, 4, None), (32, 4, None), (64, 4, 0), (64, 4, None), (64, 8, 0)]
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -119,16 +120,15 @@ def prefill_flops(batch: int, seqlen: int) -> float:
     return batch * H * rows * per_row
 
 
-def ours_prefill(x: dict, chunk_rows: int | None = None, num_warps: int | None = None,
-                 config: FwdConfig | None = None) -> torch.Tensor:
+def ours_prefill(x: dict, config: FwdConfig | None = None) -> torch.Tensor:
     """Our prefill forward with the final state (as a cached prefill runs it)."""
     return _forward(**x, initial_state=None, return_state=True, cu=None, out_dtype=DTYPE,
-                    rows=chunk_rows, num_warps=num_warps, config=config)[0]
+                    config=config)[0]
 
 
 def label(config: FwdConfig) -> str:
     return (f"r{config.rows} c{config.chunk} w{config.num_warps}/{config.state_warps}"
-            f" s{config.stages}")
+            f" s{config.stages}/{config.state_stages}")
 
 
 def resources(kernels: dict) -> dict[str, str]:
@@ -245,7 +245,7 @@ def check_step() -> list[dict]:
             y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps,
                                              pblk=pblk, maxnreg=maxnreg)
             rows.append(dict(check="step", dtype=str(dtype),
-                             config=f"p{pblk} w{warps}{f' r{maxnreg}' if maxnreg else ''}",
+                             config=f"p{pblk} w{warps}{'' if maxnreg is None else f' r{maxnreg}'}",
                              out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
             print(rows[-1], flush=True)
     return rows
@@ -395,7 +395,7 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
 def bench_decode() -> list[dict]:
     rows = []
     for batch in DECODE:
-        steps = [(f"mimo_r{R}_p{pb}_w{w}{f'_r{m}' if m else ''}", R,
+        steps = [(f"mimo_r{R}_p{pb}_w{w}{'' if m is None else f'_r{m}'}", R,
                   functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb, maxnreg=m))
                  for pb, w, m in STEP_VARIANTS]
         steps.append(("siso", None, mamba3_step))
@@ -500,18 +500,27 @@ def main() -> None:
     parser.add_argument("--step-only", action="store_true",
                         help="every check, then only the decode step timings (no prefill "
                              "timings; results in mimo_step.json)")
+    parser.add_argument("--prefill-only", action="store_true",
+                        help="the prefill checks and timings only (results in "
+                             "mimo_prefill.json)")
+    parser.add_argument("--configs", help="prefill variants instead of CONFIGS: "
+                        "rows:chunk:warps:state_warps:stages:state_stages, comma-separated")
     args = parser.parse_args()
+    if args.configs:
+        CONFIGS[:] = [FwdConfig(*map(int, c.split(":"))) for c in args.configs.split(",")]
     torch.manual_seed(0)
     t0 = time.time()
-    checks = check_prefill() + check_step()
+    checks = check_prefill() + ([] if args.prefill_only else check_step())
     prefill, breakdown = ([], {}) if args.step_only else bench_prefill(args.official)
-    decode = bench_decode()
+    decode = [] if args.prefill_only else bench_decode()
     summary(checks, prefill, breakdown, decode)
     print(f"\ntotal {time.time() - t0:.0f} s")
-    if args.step_only:
+    partial = "mimo_step.json" if args.step_only else "mimo_prefill.json"
+    if args.step_only or args.prefill_only:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "mimo_step.json").write_text(
-            json.dumps(dict(checks=checks, decode=decode), indent=2) + "\n")
+        (args.out / partial).write_text(json.dumps(
+            dict(checks=checks, prefill=prefill, kernels=breakdown, decode=decode),
+            indent=2) + "\n")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(

@@ -12,14 +12,16 @@ Final states are not differentiable (as in the official kernels); the initial st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
+from mamba3_integrations.kernels import mamba3_siso_triton_fwd as siso_fwd
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
+    biased_rotated,
     mimo_epilogue,
     mimo_inputs,
     sequence_args,
@@ -32,10 +34,15 @@ from mamba3_integrations.kernels.mamba3_mimo_triton_bwd import (
 from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import (
     _mimo_chunk_scan_kernel,
     _mimo_chunk_state_kernel,
-    _mimo_state_pass_kernel,
     kernel_blocks,
 )
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
+from mamba3_integrations.kernels.mamba3_siso_triton import (
+    STATE_BLOCK,
+    _first_last,
+    _layout,
+    _super_layout,
+)
 
 NORM_EPS = 1e-5
 
@@ -86,16 +93,22 @@ def _start_state(V: Tensor, DT: Tensor, Trap: Tensor, MIMO_V: Tensor,
 
 @dataclass(frozen=True)
 class FwdConfig:
-    """Tiles of the forward: ``rows`` (tokens x padded rank) per sub-chunk, ``chunk``
-    tokens per state chunk (rounded down to whole sub-chunks), the warps of the chunk scan
-    and chunk state kernels, and ``pass_rows`` state rows per state-passing program."""
+    """Tiles of the forward: ``rows`` (tokens x padded rank) per chunk, ``chunk`` tokens
+    per program (a super-chunk of whole chunks), and the warps and pipelining stages of
+    the output kernel and of the chunk-state kernel; ``psplit`` programs share a head's
+    headdim columns (not with the headwise norm, which needs whole rows). A program takes
+    a whole sequence when they fit in ``chunk`` tokens or when there are at least
+    ``whole_seq_programs`` (sequence, head) pairs to fill the GPU."""
 
-    rows: int = 32
-    chunk: int = 128
-    num_warps: int = 8
-    state_warps: int = 8
-    pass_rows: int = 16
-    stages: int = 1  # software pipelining of the chunk loops (1: none, registers only)
+    rows: int = 64
+    chunk: int = 512
+    num_warps: int = 4
+    state_warps: int = 4
+    stages: int = 1
+    state_stages: int = 2
+    psplit: int = 1
+    # From this many (sequence, head) pairs on, a program takes a whole sequence.
+    whole_seq_programs: int = 512
 
 
 DEFAULT_CONFIG = FwdConfig()
@@ -104,17 +117,23 @@ DEFAULT_CONFIG = FwdConfig()
 LAST_KERNELS: dict[str, object] = {}
 
 
-def _chunk_table(cu: Tensor, chunk: int) -> tuple[Tensor, Tensor, int]:
-    """Packed sequences: the (n, 4) int32 table ``(sequence, start, end, sequence end)`` of
-    their chunks (none straddles two sequences), each sequence's first chunk (nseq + 1,)
-    and the chunk count. One host sync."""
-    bounds = cu.tolist()
-    rows, firsts = [], [0]
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        rows.extend((i, s, min(s + chunk, hi), hi) for s in range(lo, hi, chunk))
-        firsts.append(len(rows))
-    table = torch.tensor(rows or [(0, 0, 0, 0)], dtype=torch.int32).to(cu.device)
-    return table, torch.tensor(firsts, dtype=torch.int32).to(cu.device), len(rows)
+def _final_k_v(K: Tensor, V: Tensor, K_bias: Tensor, angle: Tensor, lay,
+               initial_state: Mamba3State | None) -> tuple[Tensor, Tensor]:
+    """The last token's biased k rotated by the final angle, for every rank (nseq, R, H, N),
+    and its raw v (nseq, H, P); an empty packed sequence keeps its initial k and v."""
+    last = lay.last_tok
+    if isinstance(last, Tensor):
+        last = last.clamp(min=0)
+    k = biased_rotated(_first_last(K, last, 1), K_bias, V.shape[2], angle.cos(), angle.sin(),
+                       torch.float32).to(K.dtype)
+    v = _first_last(V, last, 1).clone()
+    if isinstance(lay.last_tok, int):
+        return k, v
+    empty = lay.seq_tok[1:] == lay.seq_tok[:-1]
+    k0, v0 = ((initial_state[2], initial_state[3]) if initial_state is not None
+              else (torch.zeros_like(k), torch.zeros_like(v)))
+    return (torch.where(empty[:, None, None, None], k0.to(k.dtype), k),
+            torch.where(empty[:, None, None], v0.to(v.dtype), v))
 
 
 def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor,
@@ -122,98 +141,102 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
              MIMO_O: Tensor | None, D: Tensor | None, Z: Tensor | None,
              MIMO_Z: Tensor | None, Norm_Weight: Tensor | None,
              initial_state: Mamba3State | None, return_state: bool, cu: Tensor | None,
-             out_dtype: torch.dtype, rows: int | None = None, num_warps: int | None = None,
-             config: FwdConfig | None = None) -> tuple[Tensor, Mamba3State | None]:
-    """Launch the chunk-parallel forward (chunk states, state passing, chunk scan); returns
-    ``(out, final_state or None)``. ``rows``/``num_warps`` override ``config``'s (default
-    ``DEFAULT_CONFIG``)."""
+             out_dtype: torch.dtype, config: FwdConfig | None = None,
+             ) -> tuple[Tensor, Mamba3State | None]:
+    """Launch the forward (rotary pass, chunk states, state passing, chunk scan); returns
+    ``(out, final_state or None)`` (``config`` default ``DEFAULT_CONFIG``)."""
     config = config or DEFAULT_CONFIG
-    if rows is not None or num_warps is not None:
-        config = replace(config, rows=rows or config.rows,
-                         num_warps=num_warps or config.num_warps)
     batch, seqlen, rank, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[2], V.shape[3]
-    n_angles = Angles.shape[3]
-    nseq = _seq_count(batch, seqlen, cu)
+    n_angles, half = Angles.shape[3], d_state // 2
+    _seq_count(batch, seqlen, cu)
     if K.stride() != Q.stride():  # the kernels address Q and K with one set of strides
         Q, K = Q.contiguous(), K.contiguous()
     dev = V.device
     f32 = {"device": dev, "dtype": torch.float32}
-    scalars = [t.contiguous() for t in (ADT, DT, Trap)]
     dummy = torch.empty(1, **f32)
-    opt = [t.contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O, D, Norm_Weight)]
-    qb, kb, mv = (t.contiguous() for t in (Q_bias, K_bias, MIMO_V))
+    # The per-rank parameters in the activations' dtype when that is 16-bit (as the
+    # official kernels keep them): a chunk holds them per row, half the registers.
+    pdt = V.dtype if V.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    qb, kb, mv = (t.to(pdt).contiguous() for t in (Q_bias, K_bias, MIMO_V))
+    mz, mo = (t.to(pdt).contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O))
+    opt = [mz, mo] + [t.contiguous() if t is not None else dummy for t in (D, Norm_Weight)]
     start = _start_state(V, DT, Trap, MIMO_V, initial_state, cu)
-    angle0 = (initial_state[0].float().contiguous() if initial_state is not None
-              else torch.zeros(nseq, nheads, n_angles, **f32))
+    angle0 = initial_state[0].float() if initial_state is not None else None
     reduce_o = MIMO_O is not None
     out = torch.empty(*(Q.shape[:2]), *(() if reduce_o else (rank,)), nheads, headdim,
                       device=dev, dtype=out_dtype)
     so = list(out.stride())
     if reduce_o:
         so.insert(2, 0)
-    if return_state:
-        fin_angle = torch.empty(nseq, nheads, n_angles, **f32)
-        fin_ssm = torch.empty(nseq, nheads, headdim, d_state, **f32)
-        fin_k = torch.empty(nseq, rank, nheads, d_state, device=dev, dtype=Q.dtype)
-    else:
-        fin_angle = fin_ssm = fin_k = dummy
     z = Z if Z is not None else V
-    in_dtype = V.dtype if V.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    bp = max(16, triton.next_power_of_2(headdim))
-    common = dict(IS_VARLEN=cu is not None, PRECISION=_precision(V),
-                  FAST=V.is_cuda and V.dtype in (torch.float16, torch.bfloat16))
+    ieee = V.dtype == torch.float32
+    psplit = config.psplit if Norm_Weight is None else 1
+    bp = max(16, triton.next_power_of_2(triton.cdiv(headdim, psplit)))
+    psplit = triton.cdiv(headdim, bp)
+    gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
 
-    def kernel(chunk_rows: int) -> None:
-        ct, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
-        chunk = max(ct, config.chunk // ct * ct)
-        if cu is None:
-            cps = triton.cdiv(seqlen, chunk)
-            table = seq_chunk = dummy
-            nchunks = batch * cps
-        else:
-            cps = 0
-            table, seq_chunk, nchunks = _chunk_table(cu, chunk)
-        states = torch.empty(max(nchunks, 1), nheads, headdim, d_state, **f32)
-        a_tot = torch.empty(max(nchunks, 1), nheads, **f32)
-        a_inc = torch.empty(max(nchunks, 1), nheads, n_angles, **f32)
-        s_in = torch.empty_like(states, dtype=in_dtype)
-        theta = torch.empty_like(a_inc)
-        blocks = dict(CHUNK=chunk, CT=ct, RP=rp, BH=bh, BP=bp, **common)
-        if nchunks:
-            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[(nchunks, nheads)](
-                K, V, Angles, *scalars, kb, mv, table, states, a_tot, a_inc,
-                seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
-                *K.stride(), *V.stride(), *Angles.stride()[:3], **blocks,
-                num_warps=config.state_warps, num_stages=config.stages)
-        rb = min(config.pass_rows, bp)
-        LAST_KERNELS["state_pass"] = _mimo_state_pass_kernel[
-            (nseq, nheads, triton.cdiv(headdim, rb))](
-            states, a_tot, a_inc, start if start is not None else dummy, angle0, seq_chunk,
-            s_in, theta, fin_ssm, fin_angle, cps, nheads, headdim, d_state // 2, n_angles,
-            RB=rb, BH=bh, HAS_START=start is not None, RETURN_STATE=return_state,
-            IS_VARLEN=cu is not None, num_warps=4)
-        if nchunks:
-            LAST_KERNELS["chunk_scan"] = _mimo_chunk_scan_kernel[(nchunks, nheads)](
-                Q, K, V, z, Angles, *scalars, qb, kb, mv, *opt, s_in, theta, table,
-                out, fin_k,
-                seqlen, cps, rank, nheads, nheads // ngroups, headdim, d_state // 2, n_angles,
-                NORM_EPS, *Q.stride(), *V.stride(), *z.stride(), *Angles.stride()[:3], *so,
-                HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None,
-                REDUCE_O=reduce_o, RETURN_STATE=return_state, **blocks,
-                num_warps=config.num_warps, num_stages=config.stages)
+    def kernel(chunk_rows: int):
+        c, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
+        lay = _layout(batch, seqlen, c, cu, dev, allow_empty=True)
+        cpp = max(1, min(config.chunk // c, lay.nchunks))
+        if cu is None and batch * nheads >= config.whole_seq_programs:
+            cpp = max(1, lay.chunks_per_seq)
+        # One super-chunk per sequence: no chunk states to pass, the scan writes the final.
+        single = cu is None and cpp >= lay.chunks_per_seq
+        sup = _super_layout(lay, cpp)
+        grid = (sup.count, nheads)
+        varlen = lay.chunks is not None
+        dims = (seqlen, lay.chunks_per_seq, sup.per_seq, nheads)
+        cos = torch.empty(batch, nheads, seqlen, n_angles, device=dev, dtype=V.dtype)
+        sin = torch.empty_like(cos)
+        states = torch.empty(sup.count, nheads, headdim, d_state, **f32)
+        atot = torch.empty(sup.count, nheads, **f32)
+        chunk_ang = torch.empty(sup.count, nheads, n_angles, **f32)
+        offsets = torch.empty_like(chunk_ang)
+        fin_ssm = torch.empty(lay.nseq, nheads, headdim, d_state, **f32)
+        fin_angle = torch.empty(lay.nseq, nheads, n_angles, **f32)
+        if sup.count:
+            siso_fwd._rotary_kernel[grid](
+                Angles, *Angles.stride(), DT, *DT.stride(), cos, sin, chunk_ang, None,
+                lay.chunks, sup.table, *dims, n_angles,
+                AB=max(2, triton.next_power_of_2(n_angles)), FAST=V.is_cuda and not ieee,
+                SAVE=False, C=c, CPP=cpp, IS_VARLEN=varlen, num_warps=4)
+        dims = (*dims, nheads // ngroups, rank, half, n_angles, headdim)
+        blocks = dict(C=c, RP=rp, BH=bh, PB=bp, CPP=cpp, IS_VARLEN=varlen, IEEE=ieee)
+        if single:
+            states = start if start is not None else torch.zeros_like(fin_ssm)
+            offsets = (angle0.contiguous() if angle0 is not None
+                       else torch.zeros_like(fin_angle))
+        elif sup.count:
+            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[(*grid, psplit)](
+                K, *K.stride(), kb, V, *V.stride(), mv, *gates, cos, sin, states, atot,
+                lay.chunks, sup.table, *dims, **blocks, num_warps=config.state_warps,
+                num_stages=config.state_stages)
+        if not single:
+            rb = max(1, min(triton.next_power_of_2(headdim), STATE_BLOCK // (2 * bh)))
+            LAST_KERNELS["state_pass"] = siso_fwd._state_passing_kernel[
+                (lay.nseq, nheads, triton.cdiv(headdim, rb))](
+                states, atot, chunk_ang, offsets, start, angle0,
+                *((angle0.stride(0), angle0.stride(1)) if angle0 is not None else (0, 0)),
+                fin_ssm, fin_angle, sup.seq_first, sup.per_seq, nheads, half, n_angles,
+                headdim, RB=rb, NH=bh, IS_VARLEN=varlen, HAS_START=start is not None,
+                HAS_ANGLE0=angle0 is not None, num_warps=4)
+        if sup.count:
+            LAST_KERNELS["chunk_scan"] = _mimo_chunk_scan_kernel[(*grid, psplit)](
+                Q, K, *Q.stride(), qb, kb, V, *V.stride(), mv, z, *z.stride(), *opt, out, *so,
+                *gates, cos, sin, offsets, states, lay.chunks, sup.table, chunk_ang, fin_ssm,
+                fin_angle, *dims, NORM_EPS, HAS_D=D is not None, HAS_Z=Z is not None,
+                HAS_NORM=Norm_Weight is not None, REDUCE_O=reduce_o, STORE_FINAL=single,
+                **blocks, num_warps=config.num_warps,
+                num_stages=config.stages)
+        return lay, fin_ssm, fin_angle
 
-    _launch(kernel, config.rows)
+    lay, fin_ssm, fin_angle = _launch(kernel, config.rows)
     if not return_state:
         return out, None
-    if cu is None:
-        return out, (fin_angle, fin_ssm, fin_k, V[:, -1].contiguous())
-    last = V[0, (cu[1:].long() - 1).clamp(min=0)]
-    empty = (cu[1:] == cu[:-1])[:, None, None]  # empty sequences keep their k and v
-    k0, v0 = ((initial_state[2], initial_state[3]) if initial_state is not None
-              else (torch.zeros_like(fin_k), torch.zeros_like(last)))
-    fin_k = torch.where(empty[:, None], k0.to(fin_k.dtype), fin_k)
-    return out, (fin_angle, fin_ssm, fin_k, torch.where(empty, v0.to(last.dtype), last))
+    fin_k, fin_v = _final_k_v(K, V, K_bias, fin_angle, lay, initial_state)
+    return out, (fin_angle, fin_ssm, fin_k, fin_v)
 
 
 def _prepare(args: dict, initial_state: Mamba3State | None, cu: Tensor | None):

@@ -1,24 +1,27 @@
-"""Triton kernels of the Mamba-3 MIMO chunked prefill, forward pass (chunk-parallel).
+"""Triton kernels of the Mamba-3 MIMO chunked prefill, forward pass.
 
-A token contributes R rows ``(t, r)``; a sub-chunk of ``CT`` tokens holds ``CT * RP``
-rows ``i = t * RP + r`` (RP: the rank rounded up to a power of two, rows with ``r >= R``
+A token contributes R rows ``(t, r)``; a chunk of ``C`` tokens holds ``C * RP`` rows
+``i = t * RP + r`` (RP: the rank rounded up to a power of two, rows with ``r >= R``
 masked), so the ranks of a token are rows of a masked "attention"
-(``mamba3_mimo_reference.mimo_chunked_core``). States are passed between chunks of
-``CHUNK`` tokens (a few sub-chunks). Three launches:
+(``mamba3_mimo_reference.mimo_chunked_core``). Runs of up to CPP consecutive chunks of
+one sequence form super-chunks, one program each, which carry the state in registers
+from chunk to chunk. The launches follow the SISO forward (``mamba3_siso_triton_fwd``),
+whose rotary pass and state passing the MIMO forward reuses unchanged: the angles and
+states are the same, only the rotary pairs differ ((n, n + N/2) here, stored as the low
+and high halves of N, which is the layout of the SISO kernels' [even | odd] halves).
 
-1. ``_mimo_chunk_state_kernel`` (grid chunks x heads): the state a chunk adds on its own,
-   in its local rotary frame (angles summed from the chunk's start), its total decay and
-   its total angle increment;
-2. ``_mimo_state_pass_kernel`` (grid sequences x heads x row blocks): over the chunks of a
-   sequence, the state and angle entering every chunk (the chunk's own state rotated into
-   the global frame), and the final state and angle;
-3. ``_mimo_chunk_scan_kernel`` (grid chunks x heads): the output of every sub-chunk from
-   the state entering it (carried in registers across the chunk's sub-chunks) and the
-   in-sub-chunk part, with bias, rotary, rank values, D, the headwise norm, the gate and
-   the ``MIMO_O`` contraction fused; the last token's k.
+0. SISO ``_rotary_kernel``: cos and sin of every token's angles in its super-chunk's
+   local frame, and each super-chunk's total angle increment;
+1. ``_mimo_chunk_state_kernel`` (grid super-chunks x heads): the state a super-chunk
+   adds on its own (local frame) and its total decay;
+2. SISO ``_state_passing_kernel``: the state and angle entering every super-chunk, the
+   final state and angle;
+3. ``_mimo_chunk_scan_kernel`` (grid super-chunks x heads): the output, chunk by chunk:
+   in-chunk part plus ``exp(A_t) q' S^T``, with bias, rotary, rank values, D, the
+   headwise norm, the gate and the ``MIMO_O`` contraction fused.
 
-Rotary pairs ``(n, n + N/2)``: q, k and the states are handled as a low and a high half,
-each padded to ``BH`` columns, so any even ``N`` works.
+Per-token values (gates, cos/sin, V, Z) are loaded per row (a token's RP rows read the
+same addresses, from L1), which keeps every tile in one (rows, columns) shape.
 """
 
 from __future__ import annotations
@@ -26,67 +29,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _cos_sin, _wrap
+from mamba3_integrations.kernels.mamba3_siso_triton_fwd import (
+    _dot,
+    _load_gates,
+    _sub_chunk,
+    _wrap,
+)
 
 
 @triton.jit
 def _tanh(x):
     return 2 * tl.sigmoid(2 * x) - 1
-
-
-@triton.jit
-def _to_rows(x, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr):
-    """(CT, BH) per token -> (CT * RP, BH) per row (the token's value on each rank row)."""
-    return tl.reshape(tl.broadcast_to(x[:, None, :], (CT, RP, BH)), (CT * RP, BH))
-
-
-@triton.jit
-def _token_rotary(ANG, ang_base, sa_l, DT, dt_base, tt, tok_ok, n, angle_ok, theta_run,
-                  CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr, FAST: tl.constexpr):
-    """cos and sin (rows x BH) of the angles of the tokens ``tt`` (the running sum of
-    ``pi*tanh(angle)*dt`` after ``theta_run``), computed once per token (not per rank row),
-    and the running angle after them. Pairs past ``n_angles`` get cos 1, sin 0."""
-    m = tok_ok[:, None] & angle_ok[None, :]
-    ang = tl.load(ANG + ang_base + tt[:, None] * sa_l + n[None, :], mask=m, other=0.0)
-    dt = tl.load(DT + dt_base + tt, mask=tok_ok, other=0.0).to(tl.float32)
-    inc = _tanh(ang.to(tl.float32)) * dt[:, None] * PI
-    theta = _wrap(theta_run[None, :] + tl.cumsum(inc, 0))
-    c, s = _cos_sin(theta, FAST)
-    return _to_rows(c, CT, RP, BH), _to_rows(s, CT, RP, BH), theta_run + tl.sum(inc, 0)
-
-
-@triton.jit
-def _chunk_bounds(pid, CHUNKS, seqlen, chunks_per_seq, CHUNK: tl.constexpr,
-                  IS_VARLEN: tl.constexpr):
-    """(batch row, sequence, first token, end token, sequence end) of chunk ``pid``.
-
-    Varlen: ``CHUNKS`` (n, 4) int32 rows ``(sequence, start, end, sequence end)`` of
-    tokens in the single batch row."""
-    if IS_VARLEN:
-        seq = tl.load(CHUNKS + 4 * pid)
-        start = tl.load(CHUNKS + 4 * pid + 1)
-        end = tl.load(CHUNKS + 4 * pid + 2)
-        seq_end = tl.load(CHUNKS + 4 * pid + 3)
-        return seq * 0, seq, start, end, seq_end
-    seq = pid // chunks_per_seq
-    start = (pid % chunks_per_seq) * CHUNK
-    return seq, seq, start, tl.minimum(start + CHUNK, seqlen), seqlen
-
-
-@triton.jit
-def _row_scalars(ADT, DT, TRAP, base, tok, seq_end, valid):
-    """Per-row decay ``adt``, ``dt``, own weight ``gamma = lam*dt`` and trapezoid weight
-    ``w = gamma + (1 - lam_next) * dt_next`` (the next token's beta part, zero at the end
-    of the sequence). ``base`` points at the (row, head) of contiguous (b, H, l) tensors."""
-    adt = tl.load(ADT + base + tok, mask=valid, other=0.0).to(tl.float32)
-    dt = tl.load(DT + base + tok, mask=valid, other=0.0).to(tl.float32)
-    trap = tl.load(TRAP + base + tok, mask=valid, other=0.0).to(tl.float32)
-    has_next = valid & (tok + 1 < seq_end)
-    dt_next = tl.load(DT + base + tok + 1, mask=has_next, other=0.0).to(tl.float32)
-    trap_next = tl.load(TRAP + base + tok + 1, mask=has_next, other=0.0).to(tl.float32)
-    gamma = tl.sigmoid(trap) * dt
-    w = gamma + tl.where(has_next, (1 - tl.sigmoid(trap_next)) * dt_next, 0.0)
-    return adt, dt, gamma, w
 
 
 @triton.jit
@@ -107,253 +60,185 @@ def _chunk_weights(t, first, adt, w, gamma, valid):
 
 
 @triton.jit
-def _rotated_rows(X, x_at, XB, bias_at, n, sn, half, mask, cos, sin):
-    """Low and high halves (rows x BH, float32, zero outside ``mask``) of
-    ``rot(X + bias)``; ``x_at`` (rows, 1) and ``bias_at`` (rows, 1) point at the rows."""
-    lo = tl.load(X + x_at + n[None, :] * sn, mask=mask, other=0.0).to(tl.float32)
-    hi = tl.load(X + x_at + (half + n[None, :]) * sn, mask=mask, other=0.0).to(tl.float32)
-    lo += tl.load(XB + bias_at + n[None, :], mask=mask, other=0.0).to(tl.float32)
-    hi += tl.load(XB + bias_at + half + n[None, :], mask=mask, other=0.0).to(tl.float32)
-    return (tl.where(mask, lo * cos - hi * sin, 0.0), tl.where(mask, lo * sin + hi * cos, 0.0))
+def _chunk_rows(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt,
+                TRAP, s_tb, s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank,
+                C: tl.constexpr, RP: tl.constexpr, CPP: tl.constexpr,
+                IS_VARLEN: tl.constexpr):
+    """Chunk ``j`` of super-chunk ``g`` for head ``h``, per row ``i = t * RP + r``: the batch
+    row (int64), first token, end, token and rank of each row, the row mask, the mask of
+    a token's first rank, and the gates ``adt, gamma, w`` (``_load_gates``) per row."""
+    row, start, end, seq_end, _, _ = _sub_chunk(
+        g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+    i = tl.arange(0, C * RP)
+    t = i // RP
+    r = i % RP
+    tok = start + t
+    valid = (tok < end) & (r < rank)
+    row64 = row.to(tl.int64)
+    adt, _, _, gamma, w = _load_gates(
+        ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
+        TRAP + row64 * s_tb + h * s_th, s_tt, tok, valid, valid & (tok + 1 < seq_end))
+    return row64, start, end, t, r, tok, valid, valid & (r == 0), adt, gamma, w
+
+
+@triton.jit
+def _row_cos_sin(COS, SIN, cs_at, tok, valid, n, n_angles):
+    """cos and sin (rows x BH, float32) of the rows' tokens; COS/SIN point at one head's
+    (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and masked rows) get cos 1, sin 0."""
+    m = valid[:, None] & (n < n_angles)[None, :]
+    at = cs_at + tok[:, None] * n_angles + n[None, :]
+    return (tl.load(COS + at, mask=m, other=1.0).to(tl.float32),
+            tl.load(SIN + at, mask=m, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _rotated_rows(X, s_xt, s_xr, s_xn, XB, cos, sin, tok, r, valid, n, half):
+    """Low and high halves (rows x BH, float32, zero outside ``valid``) of
+    ``rot(X + bias)`` for the rows (token ``tok``, rank ``r``); X points at the batch row
+    and group, XB at the head's (R, N) bias."""
+    m = valid[:, None] & (n < half)[None, :]
+    at = X + tok[:, None] * s_xt + r[:, None] * s_xr + n[None, :] * s_xn
+    b_at = XB + r[:, None] * 2 * half + n[None, :]
+    lo = (tl.load(at, mask=m, other=0.0).to(tl.float32)
+          + tl.load(b_at, mask=m, other=0.0).to(tl.float32))
+    hi = (tl.load(at + half * s_xn, mask=m, other=0.0).to(tl.float32)
+          + tl.load(b_at + half, mask=m, other=0.0).to(tl.float32))
+    return lo * cos - hi * sin, lo * sin + hi * cos
+
+
+@triton.jit
+def _rank_values(V, s_vt, s_vp, MX, tok, r, valid, p, headdim):
+    """``V_t * MIMO_X[r]`` (rows x PB, float32) for the rows; V points at the batch row
+    and head, MX at the head's (R, P) parameters."""
+    m = valid[:, None] & (p < headdim)[None, :]
+    v = tl.load(V + tok[:, None] * s_vt + p[None, :] * s_vp, mask=m, other=0.0)
+    return v.to(tl.float32) * tl.load(MX + r[:, None] * headdim + p[None, :], mask=m,
+                                      other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _mimo_chunk_state_kernel(
-    K, V, ANG, ADT, DT, TRAP, KB, MV, CHUNKS, STATES, ATOT, AINC,
-    seqlen, chunks_per_seq, rank, nheads, heads_per_group, headdim, half, n_angles,
-    sk_b, sk_l, sk_r, sk_g, sk_n,
-    sv_b, sv_l, sv_h, sv_p,
-    sa_b, sa_l, sa_h,
-    CHUNK: tl.constexpr, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr,
-    BP: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+    K, s_kb, s_kt, s_kr, s_kg, s_kn, KB, V, s_vb, s_vt, s_vh, s_vp, MV,
+    ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
+    COS, SIN, STATES, ATOT, CHUNKS, SUPER,
+    seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, rank, half, n_angles,
+    headdim,
+    C: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr, PB: tl.constexpr,
+    CPP: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """Chunk ``pid`` of head ``h``: ``S'_c = sum_s exp(A_end - A_s) w_s v_s k'_s^T`` (P, N)
-    float32 in the chunk's local rotary frame, its total decay and angle increment.
-
-    ADT/DT/TRAP contiguous (b, H, l); KB (H, R, N) float32 and MV (H, R, P) contiguous."""
-    ROWS: tl.constexpr = CT * RP
-    pid = tl.program_id(0)
+    """The state one super-chunk adds on its own, ``sum_s exp(A_end - A_s) w_s v_s k'_s^T``
+    in its local rotary frame (P, [low | high]) float32, and its total decay; grid
+    (super-chunks, H, P / PB). KB (H, R, N) and MV (H, R, P) contiguous."""
+    g = tl.program_id(0)
     h = tl.program_id(1)
-    g = h // heads_per_group
-    row, seq, start, end, seq_end = _chunk_bounds(pid, CHUNKS, seqlen, chunks_per_seq, CHUNK,
-                                                  IS_VARLEN)
-    row64 = row.to(tl.int64)
-    dtype = K.dtype.element_ty
-    i = tl.arange(0, ROWS)
-    t = i // RP
-    r = i % RP
-    rank_ok = r < rank
+    grp = h // heads_per_group
     n = tl.arange(0, BH)
-    n_ok = n < half
-    angle_ok = n < n_angles
-    p = tl.arange(0, BP)
-    p_ok = p < headdim
-
-    s_lo = tl.zeros((BH, BP), dtype=tl.float32)
-    s_hi = tl.zeros((BH, BP), dtype=tl.float32)
-    theta_run = tl.zeros((BH,), dtype=tl.float32)
-    a_run = tl.sum(theta_run, 0)  # a float32 zero
-    scalar_base = (row64 * nheads + h) * seqlen
-    ang_base = row64 * sa_b + h * sa_h
-    k_base = row64 * sk_b + r[:, None] * sk_r + g * sk_g
-    bias_at = (h * rank + r[:, None]) * 2 * half
-    for sub in range(0, tl.cdiv(end - start, CT)):
-        tok0 = start + sub * CT
-        tok = tok0 + t
-        valid = (tok < end) & rank_ok
-        first = valid & (r == 0)
-        adt, dt, gamma, w = _row_scalars(ADT, DT, TRAP, scalar_base, tok, seq_end, valid)
+    p = tl.program_id(2) * PB + tl.arange(0, PB)
+    dty = V.dtype.element_ty
+    s_lo = tl.zeros([PB, BH], dtype=tl.float32)
+    s_hi = tl.zeros([PB, BH], dtype=tl.float32)
+    a_tot = tl.sum(tl.zeros([BH], dtype=tl.float32), 0)
+    for j in range(CPP):
+        row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
+            g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank, C, RP, CPP, IS_VARLEN)
         adt_first = tl.where(first, adt, 0.0)
-        total = tl.sum(adt_first, 0)
-        acum = tl.cumsum(adt_first, 0)
-        tt = tok0 + tl.arange(0, CT)
-        cos, sin, theta_run = _token_rotary(ANG, ang_base, sa_l, DT, scalar_base, tt, tt < end,
-                                            n, angle_ok, theta_run, CT, RP, BH, FAST)
-        mask = valid[:, None] & n_ok[None, :]
-        k_lo, k_hi = _rotated_rows(K, k_base + tok[:, None] * sk_l, KB, bias_at, n, sk_n, half,
-                                   mask, cos, sin)
-        v_mask = valid[:, None] & p_ok[None, :]
-        v = tl.load(V + row64 * sv_b + tok[:, None] * sv_l + h * sv_h + p[None, :] * sv_p,
-                    mask=v_mask, other=0.0).to(tl.float32)
-        coef = tl.where(valid, tl.exp(total - acum) * w, 0.0)
-        v *= tl.load(MV + (h * rank + r[:, None]) * headdim + p[None, :], mask=v_mask,
-                     other=0.0).to(tl.float32) * coef[:, None]
-        v_op = v.to(dtype)
-        decay = tl.exp(total)
-        s_lo = tl.dot(tl.trans(k_lo.to(dtype)), v_op, s_lo * decay, input_precision=PRECISION)
-        s_hi = tl.dot(tl.trans(k_hi.to(dtype)), v_op, s_hi * decay, input_precision=PRECISION)
-        a_run += total
-
-    ch = pid.to(tl.int64) * nheads + h
-    at = (ch * headdim + p[None, :]) * 2 * half + n[:, None]
-    m = n_ok[:, None] & p_ok[None, :]
-    tl.store(STATES + at, s_lo, mask=m)
-    tl.store(STATES + at + half, s_hi, mask=m)
-    tl.store(ATOT + ch, a_run)
-    tl.store(AINC + ch * n_angles + n, theta_run, mask=angle_ok)
-
-
-@triton.jit
-def _mimo_state_pass_kernel(
-    STATES, ATOT, AINC, START, ANGLE0, SEQ_CHUNK, SIN, THETA, FIN_SSM, FIN_ANGLE,
-    chunks_per_seq, nheads, headdim, half, n_angles,
-    RB: tl.constexpr, BH: tl.constexpr, HAS_START: tl.constexpr,
-    RETURN_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """Rows ``[blk*RB, (blk+1)*RB)`` of the states of one (sequence, head): for every chunk
-    the entering state ``S_in`` (SIN, in its dtype) and angle (THETA, row block 0), with
-    ``S_in[c+1] = exp(A_tot[c]) S_in[c] + S'_c R(theta_c)^T``; the final state and angle.
-
-    States (.., P, N) float32 contiguous; START (nseq, H, P, N) float32, ANGLE0
-    (nseq, H, A) float32. The next chunk's loads are issued before the current stores."""
-    seq = tl.program_id(0)
-    h = tl.program_id(1)
-    blk = tl.program_id(2)
-    rows = blk * RB + tl.arange(0, RB)
-    n = tl.arange(0, BH)
-    m = (rows < headdim)[:, None] & (n < half)[None, :]
-    size = headdim * 2 * half
-    idx = rows[:, None] * (2 * half) + n[None, :]
-    angle_ok = n < n_angles
-    angle_first = n < tl.where(blk == 0, n_angles, 0)
-    seq_h = seq.to(tl.int64) * nheads + h
-    if HAS_START:
-        s_lo = tl.load(START + seq_h * size + idx, mask=m, other=0.0)
-        s_hi = tl.load(START + seq_h * size + idx + half, mask=m, other=0.0)
-    else:
-        s_lo = tl.zeros((RB, BH), dtype=tl.float32)
-        s_hi = tl.zeros((RB, BH), dtype=tl.float32)
-    theta = tl.load(ANGLE0 + seq_h * n_angles + n, mask=angle_ok, other=0.0)
-    if IS_VARLEN:
-        c0 = tl.load(SEQ_CHUNK + seq)
-        c1 = tl.load(SEQ_CHUNK + seq + 1)
-    else:
-        c0 = seq * chunks_per_seq
-        c1 = c0 + chunks_per_seq
-    # (an empty packed sequence loads a valid chunk that it does not use)
-    ch = tl.maximum(tl.minimum(c0, c1 - 1), 0).to(tl.int64) * nheads + h
-    l_lo = tl.load(STATES + ch * size + idx, mask=m, other=0.0)
-    l_hi = tl.load(STATES + ch * size + idx + half, mask=m, other=0.0)
-    a_tot = tl.load(ATOT + ch)
-    inc = tl.load(AINC + ch * n_angles + n, mask=angle_ok, other=0.0)
-    for c in range(c0, c1):
-        nxt = (tl.minimum(c + 1, c1 - 1) * nheads + h).to(tl.int64)  # prefetch (last: repeat)
-        n_lo = tl.load(STATES + nxt * size + idx, mask=m, other=0.0)
-        n_hi = tl.load(STATES + nxt * size + idx + half, mask=m, other=0.0)
-        n_tot = tl.load(ATOT + nxt)
-        n_inc = tl.load(AINC + nxt * n_angles + n, mask=angle_ok, other=0.0)
-        ch = (c * nheads + h).to(tl.int64)
-        tl.store(SIN + ch * size + idx, s_lo.to(SIN.dtype.element_ty), mask=m)
-        tl.store(SIN + ch * size + idx + half, s_hi.to(SIN.dtype.element_ty), mask=m)
-        tl.store(THETA + ch * n_angles + n, theta, mask=angle_first)
-        cos = tl.cos(theta)[None, :]
-        sin = tl.sin(theta)[None, :]
-        decay = tl.exp(a_tot)
-        s_lo, s_hi = (s_lo * decay + (l_lo * cos - l_hi * sin),
-                      s_hi * decay + (l_lo * sin + l_hi * cos))
-        theta = _wrap(theta + inc)
-        l_lo, l_hi, a_tot, inc = n_lo, n_hi, n_tot, n_inc
-    if RETURN_STATE:
-        tl.store(FIN_SSM + seq_h * size + idx, s_lo, mask=m)
-        tl.store(FIN_SSM + seq_h * size + idx + half, s_hi, mask=m)
-        tl.store(FIN_ANGLE + seq_h * n_angles + n, theta, mask=angle_first)
+        a_end = tl.sum(adt_first, 0)
+        coef = tl.where(valid, tl.exp(a_end - tl.cumsum(adt_first, 0)) * w, 0.0)
+        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tok,
+                                valid, n, n_angles)
+        k_lo, k_hi = _rotated_rows(K + row64 * s_kb + grp * s_kg, s_kt, s_kr, s_kn,
+                                   KB + h * rank * 2 * half, cos, sin, tok, r, valid, n, half)
+        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, MV + h * rank * headdim,
+                         tok, r, valid, p, headdim)
+        vs = tl.trans((v * coef[:, None]).to(dty))
+        decay = tl.exp(a_end)
+        s_lo = s_lo * decay + _dot(vs, k_lo.to(dty), IEEE)
+        s_hi = s_hi * decay + _dot(vs, k_hi.to(dty), IEEE)
+        a_tot += a_end
+    sup = g * nheads + h
+    at = STATES + sup.to(tl.int64) * headdim * 2 * half + p[:, None] * 2 * half + n[None, :]
+    m = (p < headdim)[:, None] & (n < half)[None, :]
+    tl.store(at, s_lo, mask=m)
+    tl.store(at + half, s_hi, mask=m)
+    if tl.program_id(2) == 0:
+        tl.store(ATOT + sup, a_tot)
 
 
 @triton.jit
 def _mimo_chunk_scan_kernel(
-    Q, K, V, Z, ANG, ADT, DT, TRAP, QB, KB, MV, MZ, MO, DSKIP, NW, SIN, THETA, CHUNKS,
-    OUT, FIN_K,
-    seqlen, chunks_per_seq, rank, nheads, heads_per_group, headdim, half, n_angles, eps,
-    sq_b, sq_l, sq_r, sq_g, sq_n,
-    sv_b, sv_l, sv_h, sv_p,
-    sz_b, sz_l, sz_h, sz_p,
-    sa_b, sa_l, sa_h,
-    so_b, so_l, so_r, so_h, so_p,
-    CHUNK: tl.constexpr, CT: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr,
-    BP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-    REDUCE_O: tl.constexpr, RETURN_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PRECISION: tl.constexpr, FAST: tl.constexpr,
+    Q, K, s_qb, s_qt, s_qr, s_qg, s_qn, QB, KB, V, s_vb, s_vt, s_vh, s_vp, MV,
+    Z, s_zb, s_zt, s_zh, s_zp, MZ, MO, DSKIP, NW,
+    OUT, s_ob, s_ot, s_or, s_oh, s_op,
+    ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb, s_th, s_tt,
+    COS, SIN, OFFSET, STATES, CHUNKS, SUPER, CHUNK_ANG, FIN_SSM, FIN_ANGLE,
+    seqlen, chunks_per_seq, supers_per_seq, nheads, heads_per_group, rank, half, n_angles,
+    headdim, eps,
+    C: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr, PB: tl.constexpr,
+    CPP: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_NORM: tl.constexpr, REDUCE_O: tl.constexpr, STORE_FINAL: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
-    """Output of chunk ``pid`` of head ``h`` (and the last token's k when the sequence
-    ends in it). Q and K share strides; SIN (.., P, N) and THETA (.., A) from the state
-    pass. Per-head parameters are reloaded per sub-chunk (cached), not kept in registers."""
-    ROWS: tl.constexpr = CT * RP
-    pid = tl.program_id(0)
+    """Output of one super-chunk of one head, its chunks in order with the running state
+    in registers (local rotary frame); grid (super-chunks, H, P / PB): a program takes PB
+    columns of the head (all of them with HAS_NORM, which normalises over P). Q and K
+    share strides; STATES/OFFSET hold the state and angle entering each super-chunk
+    (state passing). Without REDUCE_O the per-rank output (b, l, R, H, P) is written.
+    STORE_FINAL (each super-chunk a whole sequence, ``g`` the sequence): the state and
+    angle after it (global frame) go to FIN_SSM and FIN_ANGLE (CHUNK_ANG: its increment)."""
+    g = tl.program_id(0)
     h = tl.program_id(1)
-    g = h // heads_per_group
-    row, seq, start, end, seq_end = _chunk_bounds(pid, CHUNKS, seqlen, chunks_per_seq, CHUNK,
-                                                  IS_VARLEN)
-    row64 = row.to(tl.int64)
-    dtype = Q.dtype.element_ty
-    i = tl.arange(0, ROWS)
-    t = i // RP
-    r = i % RP
-    rank_ok = r < rank
+    grp = h // heads_per_group
     n = tl.arange(0, BH)
-    n_ok = n < half
-    angle_ok = n < n_angles
-    p = tl.arange(0, BP)
+    p = tl.program_id(2) * PB + tl.arange(0, PB)
     p_ok = p < headdim
-
-    # The entering state (P, N) kept transposed as two (N/2, P) halves; entering angle.
-    ch = pid.to(tl.int64) * nheads + h
-    state_at = (ch * headdim + p[None, :]) * 2 * half + n[:, None]
-    state_mask = n_ok[:, None] & p_ok[None, :]
-    st_lo = tl.load(SIN + state_at, mask=state_mask, other=0.0).to(tl.float32)
-    st_hi = tl.load(SIN + state_at + half, mask=state_mask, other=0.0).to(tl.float32)
-    theta_run = tl.load(THETA + ch * n_angles + n, mask=angle_ok, other=0.0)
+    dty = V.dtype.element_ty
     if HAS_D:
         d_skip = tl.load(DSKIP + h).to(tl.float32)
 
-    scalar_base = (row64 * nheads + h) * seqlen
-    ang_base = row64 * sa_b + h * sa_h
-    qk_base = row64 * sq_b + r[:, None] * sq_r + g * sq_g
-    bias_at = (h * rank + r[:, None]) * 2 * half
-    proj_at = (h * rank + r[:, None]) * headdim + p[None, :]
-    n_sub = tl.cdiv(end - start, CT)
-    for sub in range(0, n_sub):
-        tok0 = start + sub * CT
-        tok = tok0 + t
-        valid = (tok < end) & rank_ok
-        first = valid & (r == 0)
-        adt, dt, gamma, w = _row_scalars(ADT, DT, TRAP, scalar_base, tok, seq_end, valid)
-        acum, total, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
-        tt = tok0 + tl.arange(0, CT)
-        cos, sin, theta_run = _token_rotary(ANG, ang_base, sa_l, DT, scalar_base, tt, tt < end,
-                                            n, angle_ok, theta_run, CT, RP, BH, FAST)
+    # The entering state (P, [low | high]), turned into the super-chunk's frame.
+    sup = g * nheads + h
+    st_off = sup.to(tl.int64) * headdim * 2 * half + p[:, None] * 2 * half + n[None, :]
+    st_mask = p_ok[:, None] & (n < half)[None, :]
+    st_lo = tl.load(STATES + st_off, mask=st_mask, other=0.0)
+    st_hi = tl.load(STATES + st_off + half, mask=st_mask, other=0.0)
+    theta = tl.load(OFFSET + sup * n_angles + n, mask=n < n_angles, other=0.0)
+    cos_c = tl.cos(theta)[None, :]
+    sin_c = tl.sin(theta)[None, :]
+    s_lo = st_lo * cos_c + st_hi * sin_c
+    s_hi = st_hi * cos_c - st_lo * sin_c
 
-        qk_mask = valid[:, None] & n_ok[None, :]
-        qk_at = qk_base + tok[:, None] * sq_l
-        q_lo, q_hi = _rotated_rows(Q, qk_at, QB, bias_at, n, sq_n, half, qk_mask, cos, sin)
-        q_lo = q_lo.to(dtype)
-        q_hi = q_hi.to(dtype)
-        k_lo, k_hi = _rotated_rows(K, qk_at, KB, bias_at, n, sq_n, half, qk_mask, cos, sin)
-        if RETURN_STATE:  # the last token's k
-            last = qk_mask & (tok == seq_end - 1)[:, None]
-            k_at = ((seq * rank + r[:, None]) * nheads + h) * 2 * half + n[None, :]
-            tl.store(FIN_K + k_at, k_lo.to(FIN_K.dtype.element_ty), mask=last)
-            tl.store(FIN_K + k_at + half, k_hi.to(FIN_K.dtype.element_ty), mask=last)
-        k_lo = k_lo.to(dtype)
-        k_hi = k_hi.to(dtype)
+    qb = QB + h * rank * 2 * half
+    kb = KB + h * rank * 2 * half
+    for j in range(CPP):
+        row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
+            g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank, C, RP, CPP, IS_VARLEN)
+        acum, a_end, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
+        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tok,
+                                valid, n, n_angles)
+        x_at = row64 * s_qb + grp * s_qg
+        q_lo, q_hi = _rotated_rows(Q + x_at, s_qt, s_qr, s_qn, qb, cos, sin, tok, r, valid, n,
+                                   half)
+        k_lo, k_hi = _rotated_rows(K + x_at, s_qt, s_qr, s_qn, kb, cos, sin, tok, r, valid, n,
+                                   half)
+        q_lo, q_hi, k_lo, k_hi = q_lo.to(dty), q_hi.to(dty), k_lo.to(dty), k_hi.to(dty)
+        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, MV + h * rank * headdim,
+                         tok, r, valid, p, headdim)
+        v_op = v.to(dty)
 
-        v_mask = valid[:, None] & p_ok[None, :]
-        v = tl.load(V + row64 * sv_b + tok[:, None] * sv_l + h * sv_h + p[None, :] * sv_p,
-                    mask=v_mask, other=0.0).to(tl.float32)
-        v *= tl.load(MV + proj_at, mask=v_mask, other=0.0).to(tl.float32)
+        scores = _dot(q_lo, tl.trans(k_lo), IEEE) + _dot(q_hi, tl.trans(k_hi), IEEE)
+        y = _dot((scores * weights).to(dty), v_op, IEEE)
+        y_state = (_dot(q_lo, tl.trans(s_lo.to(dty)), IEEE)
+                   + _dot(q_hi, tl.trans(s_hi.to(dty)), IEEE))
+        y += y_state * tl.exp(acum)[:, None]
 
-        scores = tl.dot(q_lo, tl.trans(k_lo), input_precision=PRECISION)
-        scores = tl.dot(q_hi, tl.trans(k_hi), scores, input_precision=PRECISION)
-        y = tl.dot((scores * weights).to(dtype), v.to(dtype), input_precision=PRECISION)
-        inter = tl.dot(q_lo, st_lo.to(dtype), input_precision=PRECISION)
-        inter = tl.dot(q_hi, st_hi.to(dtype), inter, input_precision=PRECISION)
-        y += tl.exp(acum)[:, None] * inter
-
-        if sub + 1 < n_sub:  # the state entering the next sub-chunk
-            coef = tl.where(valid, tl.exp(total - acum) * w, 0.0)
-            vs = (v * coef[:, None]).to(dtype)
-            decay = tl.exp(total)
-            st_lo = tl.dot(tl.trans(k_lo), vs, st_lo * decay, input_precision=PRECISION)
-            st_hi = tl.dot(tl.trans(k_hi), vs, st_hi * decay, input_precision=PRECISION)
+        # The state entering the next chunk.
+        coef = tl.where(valid, tl.exp(a_end - acum) * w, 0.0)
+        vs = tl.trans((v * coef[:, None]).to(dty))
+        decay = tl.exp(a_end)
+        s_lo = s_lo * decay + _dot(vs, k_lo, IEEE)
+        s_hi = s_hi * decay + _dot(vs, k_hi, IEEE)
 
         if HAS_D:
             y += d_skip * v
@@ -361,22 +246,30 @@ def _mimo_chunk_scan_kernel(
             norm_w = tl.load(NW + h * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
             y = y * tl.rsqrt(tl.sum(y * y, 1) / headdim + eps)[:, None] * norm_w[None, :]
         if HAS_Z:
-            zr = tl.load(Z + row64 * sz_b + tok[:, None] * sz_l + h * sz_h + p[None, :] * sz_p,
-                         mask=v_mask, other=0.0).to(tl.float32)
-            zr *= tl.load(MZ + proj_at, mask=v_mask, other=0.0).to(tl.float32)
+            zr = _rank_values(Z + row64 * s_zb + h * s_zh, s_zt, s_zp,
+                              MZ + h * rank * headdim, tok, r, valid, p, headdim)
             y = y * zr * tl.sigmoid(zr)
+        o_at = OUT + row64 * s_ob + h * s_oh
         if REDUCE_O:
-            y *= tl.load(MO + proj_at, mask=v_mask, other=0.0).to(tl.float32)
-            o = tl.sum(tl.reshape(y, (CT, RP, BP)), 1)
-            tt = start + sub * CT + tl.arange(0, CT)
-            tl.store(OUT + row64 * so_b + tt[:, None] * so_l + h * so_h + p[None, :] * so_p,
-                     o.to(OUT.dtype.element_ty), mask=(tt < end)[:, None] & p_ok[None, :])
+            y *= tl.load(MO + (h * rank + r[:, None]) * headdim + p[None, :],
+                         mask=valid[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            o = tl.sum(tl.reshape(y, (C, RP, PB)), 1)
+            tt = start + tl.arange(0, C)
+            tl.store(o_at + tt[:, None] * s_ot + p[None, :] * s_op, o.to(OUT.dtype.element_ty),
+                     mask=(tt < end)[:, None] & p_ok[None, :])
         else:
-            tl.store(OUT + row64 * so_b + tok[:, None] * so_l + r[:, None] * so_r + h * so_h
-                     + p[None, :] * so_p, y.to(OUT.dtype.element_ty), mask=v_mask)
+            tl.store(o_at + tok[:, None] * s_ot + r[:, None] * s_or + p[None, :] * s_op,
+                     y.to(OUT.dtype.element_ty), mask=valid[:, None] & p_ok[None, :])
+    if STORE_FINAL:  # back to the global frame: R(theta) per pair
+        fin_at = FIN_SSM + st_off
+        tl.store(fin_at, s_lo * cos_c - s_hi * sin_c, mask=st_mask)
+        tl.store(fin_at + half, s_lo * sin_c + s_hi * cos_c, mask=st_mask)
+        if tl.program_id(2) == 0:
+            inc = tl.load(CHUNK_ANG + sup * n_angles + n, mask=n < n_angles, other=0.0)
+            tl.store(FIN_ANGLE + sup * n_angles + n, _wrap(theta + inc), mask=n < n_angles)
 
 
 def kernel_blocks(rank: int, d_state: int, rows: int = 64) -> tuple[int, int, int]:
-    """(sub-chunk tokens CT, padded rank RP, half-state block BH) for ``CT * RP = rows``."""
+    """(chunk tokens C, padded rank RP, half-state block BH) for ``C * RP = rows``."""
     rp = triton.next_power_of_2(rank)
     return max(1, rows // rp), rp, max(16, triton.next_power_of_2(d_state // 2))

@@ -28,11 +28,12 @@ from mamba3_integrations.kernels.mamba3_siso_triton_step import _last_arrival, a
 
 NORM_EPS = 1e-5
 # State rows per program and warps: (pblk, num_warps) for a batch of more than
-# ``large_batch`` rows (many programs: whole heads, the per-head work done once), and for
-# small batches (fewer rows per program, more programs in flight); ``maxnreg`` an optional
-# register cap for the large-batch launch (None: the compiler's choice).
-STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 16, "small_warps": 4,
-               "large_batch": 16, "maxnreg": None}
+# ``large_batch`` rows, and for small batches; ``maxnreg`` a register cap for the
+# large-batch launch (None: the compiler's choice). Measured on an H100 (docs/mimo.md):
+# whole heads (p64, 4 warps) are fastest at B=1 (5.6 us; p16 7.3, p32 6.2) and B=128
+# (the cap of 128 registers 215.7 us, uncapped 221.8).
+STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 64, "small_warps": 4,
+               "large_batch": 16, "maxnreg": 128}
 
 LAST_KERNELS: dict[str, object] = {}  # the latest compiled step kernel (resource report)
 
@@ -198,13 +199,11 @@ def mamba3_mimo_step_triton(
     Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, MIMO_V: Tensor, MIMO_O: Tensor,
     state: Mamba3State, D: Tensor | None = None, Z: Tensor | None = None,
     MIMO_Z: Tensor | None = None, Norm_Weight: Tensor | None = None, inplace: bool = False,
-    num_warps: int | None = None, pblk: int | None = None, unroll: bool | None = None,
-    maxnreg: int | None = None,
+    num_warps: int | None = None, pblk: int | None = None, maxnreg: int | None = None,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments and results as ``mamba3_mimo_step``. ``pblk``
     state rows per program (the whole headdim with ``Norm_Weight``, whose RMS spans it),
-    ``maxnreg`` a register cap; settings not given come from ``STEP_CONFIG``. ``unroll``
-    is ignored (the ranks are a tile axis now, no loop); kept for callers."""
+    ``maxnreg`` a register cap (0: none); settings not given come from ``STEP_CONFIG``."""
     batch, rank, ngroups, d_state = Q.shape
     nheads, headdim = V.shape[1], V.shape[2]
     if d_state % 2:
@@ -234,7 +233,8 @@ def mamba3_mimo_step_triton(
     small = batch <= STEP_CONFIG["large_batch"]
     pblk = pblk or STEP_CONFIG["small_pblk" if small else "pblk"]
     num_warps = num_warps or STEP_CONFIG["small_warps" if small else "num_warps"]
-    maxnreg = maxnreg or (None if small else STEP_CONFIG["maxnreg"])
+    if maxnreg is None:
+        maxnreg = None if small else STEP_CONFIG["maxnreg"]
     cap = {"maxnreg": maxnreg} if maxnreg else {}
     pb = bp if Norm_Weight is not None else min(bp, pblk)
     nsplit = triton.cdiv(headdim, pb)

@@ -44,7 +44,9 @@ class _Layout:
 
 
 def _layout(batch: int, seqlen: int, chunk: int, cu_seqlens: Tensor | None,
-            device: torch.device) -> _Layout:
+            device: torch.device, allow_empty: bool = False) -> _Layout:
+    """The chunks of the batch rows or packed sequences; ``allow_empty``: packed sequences
+    may be empty (they get no chunk)."""
     if cu_seqlens is None:
         cps = triton.cdiv(seqlen, chunk)
         return _Layout(batch, batch * cps, cps, None, None, None, 0, seqlen - 1)
@@ -53,9 +55,11 @@ def _layout(batch: int, seqlen: int, chunk: int, cu_seqlens: Tensor | None,
     cu = cu_seqlens.to(device=device, dtype=torch.int64)
     nseq = cu.numel() - 1
     lens = cu[1:] - cu[:-1]
-    ok = (nseq >= 1) and bool(((lens > 0).all() & (cu[0] == 0) & (cu[-1] == seqlen)).item())
+    rising = (lens >= 0) if allow_empty else (lens > 0)
+    ok = (nseq >= 1) and bool((rising.all() & (cu[0] == 0) & (cu[-1] == seqlen)).item())
     if not ok:
-        raise ValueError(f"cu_seqlens must rise strictly from 0 to seqlen={seqlen}; got "
+        how = "" if allow_empty else " strictly"
+        raise ValueError(f"cu_seqlens must rise{how} from 0 to seqlen={seqlen}; got "
                          f"{cu_seqlens.tolist()}")
     nch = (lens + chunk - 1) // chunk
     cum = nch.cumsum(0)

@@ -108,15 +108,16 @@ def small_chunks(monkeypatch):
 FORWARD_CASES = [
     (2, 37, 4, 1, 2, 32, 16, 8, False, False, 64, 32),   # 2 chunks of 2 sub-chunks, tail
     (1, 1, 2, 2, 4, 48, 16, 12, True, True, 64, 128),    # one token, N not a power of two
-    (2, 70, 1, 1, 2, 16, 16, 8, False, True, 64, 128),   # rank 1, sub-chunks of 64
+    (2, 70, 1, 1, 2, 16, 40, 8, False, True, 64, 128),   # rank 1, chunks of 64, headdim 40
     (1, 20, 8, 2, 2, 32, 32, 16, False, False, 32, 8),   # rank 8, rope 1.0, 3 chunks
     (1, 33, 3, 1, 2, 40, 24, 10, True, True, 32, 16),    # rank 3 (padded), headdim 24
     (1, 9, 2, 1, 2, 16, 16, 4, False, True, 16, 8),      # chunk = sub-chunk, tail of 1
 ]
 
 
+@pytest.mark.parametrize("psplit", [1, 2], ids=["whole_heads", "split_headdim"])
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=str)
-def test_forward_matches_reference(case):
+def test_forward_matches_reference(case, psplit):
     (batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows,
      chunk) = case
     x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
@@ -124,7 +125,8 @@ def test_forward_matches_reference(case):
     args = cast(x, torch.float32)
     init32 = cast(init, torch.float32) if init else None
     out, final = _forward(**args, initial_state=init32, return_state=True, cu=None,
-                          out_dtype=torch.float32, config=FwdConfig(rows=rows, chunk=chunk))
+                          out_dtype=torch.float32,
+                          config=FwdConfig(rows=rows, chunk=chunk, psplit=psplit))
     ref, ref_final = mamba3_mimo_scan_reference(**x, initial_state=init, return_final_state=True)
     assert rel_err(out, ref) < 1e-5
     angle, *rest = final
