@@ -83,26 +83,25 @@ def _chunk_rows(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s
 
 @triton.jit
 def _row_cos_sin(COS, SIN, cs_at, tok, valid, n, n_angles):
-    """cos and sin (rows x BH, float32) of the rows' tokens; COS/SIN point at one head's
+    """cos and sin (rows x BH, in COS's dtype) of the rows' tokens; COS/SIN point at one head's
     (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and masked rows) get cos 1, sin 0."""
     m = valid[:, None] & (n < n_angles)[None, :]
     at = cs_at + tok[:, None] * n_angles + n[None, :]
-    return (tl.load(COS + at, mask=m, other=1.0).to(tl.float32),
-            tl.load(SIN + at, mask=m, other=0.0).to(tl.float32))
+    return tl.load(COS + at, mask=m, other=1.0), tl.load(SIN + at, mask=m, other=0.0)
 
 
 @triton.jit
 def _rotated_rows(X, s_xt, s_xr, s_xn, XB, cos, sin, tok, r, valid, n, half):
-    """Low and high halves (rows x BH, float32, zero outside ``valid``) of
-    ``rot(X + bias)`` for the rows (token ``tok``, rank ``r``); X points at the batch row
-    and group, XB at the head's (R, N) bias."""
+    """Low and high halves (rows x BH, zero outside ``valid``) of ``rot(X + bias)`` for the
+    rows (token ``tok``, rank ``r``); X points at the batch row and group, XB at the head's
+    (R, N) bias. The arithmetic runs in the activations' dtype (X, bias and cos/sin all
+    hold it): 16-bit tiles take half the registers of float32 ones, which the output
+    kernel spilled, and the result is rounded to it for the products anyway."""
     m = valid[:, None] & (n < half)[None, :]
     at = X + tok[:, None] * s_xt + r[:, None] * s_xr + n[None, :] * s_xn
     b_at = XB + r[:, None] * 2 * half + n[None, :]
-    lo = (tl.load(at, mask=m, other=0.0).to(tl.float32)
-          + tl.load(b_at, mask=m, other=0.0).to(tl.float32))
-    hi = (tl.load(at + half * s_xn, mask=m, other=0.0).to(tl.float32)
-          + tl.load(b_at + half, mask=m, other=0.0).to(tl.float32))
+    lo = tl.load(at, mask=m, other=0.0) + tl.load(b_at, mask=m, other=0.0)
+    hi = tl.load(at + half * s_xn, mask=m, other=0.0) + tl.load(b_at + half, mask=m, other=0.0)
     return lo * cos - hi * sin, lo * sin + hi * cos
 
 
