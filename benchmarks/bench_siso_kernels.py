@@ -11,7 +11,9 @@ bandwidth). Prints tables, writes ``siso_kernels.json`` and ``siso_kernels.png``
 ``--decode-check``: the one-row GEMV of the decode projections (variants against cuBLAS),
 the step kernel at batch 128 (rows, warps, early state load, streaming hints), the fused
 mixer step kernel at batch 1 (rows per program, warps, early load) and the whole mixer
-step; each variant checked against a reference before it is timed.
+step; each variant checked against a reference before it is timed. ``--step-tma off,on``
+(the default): every step variant with its state tile through pointers and through TMA
+tensor descriptors (Hopper; at every batch, ``tma_min_batch`` aside).
 """
 
 from __future__ import annotations
@@ -229,30 +231,35 @@ def step_error(batch: int, state_dtype: torch.dtype) -> float:
 
 
 def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_graph: int = 100,
-                 dtypes=(torch.float32, torch.bfloat16)):
-    """The step kernel at every (PBLK, warps[, early, evict]) variant: checked, then timed
+                 dtypes=(torch.float32, torch.bfloat16), tmas=(False, True)):
+    """The step kernel at every (PBLK, warps[, early, evict]) variant and state tile path
+    (``tmas``: pointers, TMA descriptors where the device has them): checked, then timed
     in a graph."""
     rows = []
     default = dict(siso_step.STEP_CONFIG)
     for batch in batches:
-        for state_dtype, variant in itertools.product(dtypes, variants):
+        for state_dtype, variant, tma in itertools.product(dtypes, variants, tmas):
             pblk, num_warps, early, evict = (*variant, False, False)[:4]
             siso_step.STEP_CONFIG.update(pblk=pblk, num_warps=num_warps, early_load=early,
-                                         evict=evict)
-            err = step_error(batch, state_dtype)
+                                         evict=evict, tma=tma, tma_min_batch=0)
             x, state = step_inputs(batch, state_dtype)
+            pb = siso_step.step_split(P, pblk)[0]
+            if tma and not siso_step.step_tma((state[1],), P, pb, batch):
+                print(f"decode B={batch} pblk={pblk}: no TMA here, skipped", flush=True)
+                continue
+            err = step_error(batch, state_dtype)
             step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
             eager_us = median_ms(step) * 1e3
             g_us = graph_us(step, steps_per_graph)
             bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
             name = "fp32" if state_dtype == torch.float32 else "bf16"
             rows.append({"batch": batch, "state": name, "pblk": pblk, "warps": num_warps,
-                         "early": early, "evict": evict, "graph_us": g_us,
+                         "early": early, "evict": evict, "tma": tma, "graph_us": g_us,
                          "eager_us": eager_us, "bound_us": bound_us,
                          "graph_over_bound": g_us / bound_us, "rel_err_vs_fp64": err,
                          "official_us": OFFICIAL_DECODE_US[batch]})
             print(f"decode B={batch:<3} state={name} pblk={pblk:<2} warps={num_warps} "
-                  f"early={int(early)} evict={int(evict)}  graph "
+                  f"early={int(early)} evict={int(evict)} tma={int(tma)}  graph "
                   f"{g_us:7.2f} us  eager {eager_us:7.2f} us  bound {bound_us:7.2f} us  "
                   f"(x{g_us / bound_us:4.2f})  err {err:.1e}", flush=True)
             del x, state
@@ -513,7 +520,10 @@ def main() -> None:
     parser.add_argument("--decode-only", action="store_true", help="skip the prefill")
     parser.add_argument("--decode-check", action="store_true",
                         help="decode only: GEMV, step at B=128, fused step at B=1, mixer step")
+    parser.add_argument("--step-tma", default="off,on",
+                        help="state tile paths of the step variants: off (pointers), on (TMA)")
     args = parser.parse_args()
+    tmas = tuple({"off": False, "on": True}[v] for v in args.step_tma.split(","))
     if args.decode_check:
         args.decode_only = True
     args.out.mkdir(parents=True, exist_ok=True)
@@ -544,16 +554,17 @@ def main() -> None:
             bandwidth, GEMV_VARIANTS_QUICK if args.quick else GEMV_VARIANTS)
         result["decode"] = bench_decode([128], bandwidth, variants=STEP_VARIANTS_CHECK[:2]
                                         if args.quick else STEP_VARIANTS_CHECK,
-                                        dtypes=(torch.float32,))
+                                        dtypes=(torch.float32,), tmas=tmas)
         if not args.quick:
             result["decode"] += bench_decode([128], bandwidth, variants=[(64, 4), (32, 4)],
-                                             dtypes=(torch.bfloat16,))
+                                             dtypes=(torch.bfloat16,), tmas=tmas)
         result["fused_step"], result["fused_best"] = bench_fused_step(
             1, variants=FUSED_VARIANTS_QUICK if args.quick else FUSED_VARIANTS)
         result["mixer_step"] = bench_mixer_step([1])
     elif not args.prefill_only:
         step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
-        result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants)
+        result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants,
+                                        tmas=tmas)
         result["mixer_step"] = bench_mixer_step([1, 128])
         result["bf16_state"] = bf16_state_error(steps=500 if args.quick else 2000)
         print(json.dumps(result["bf16_state"]))
@@ -569,15 +580,17 @@ def main() -> None:
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1 (the
         # fused step, not this kernel, runs the model's small batches: with --decode-check
         # only B=128 is measured).
-        b1 = {(r["pblk"], r["warps"], r["early"], r["evict"]): r["graph_us"]
+        keys = ("pblk", "warps", "early", "evict", "tma")
+        b1 = {tuple(r[k] for k in keys): r["graph_us"]
               for r in result["decode"] if r["batch"] == 1 and r["state"] == "fp32"}
         ok = [r for r in result["decode"] if r["batch"] == 128 and r["state"] == "fp32"
-              and (not b1 or b1.get((r["pblk"], r["warps"], r["early"], r["evict"]), 1e9)
+              and (not b1 or b1.get(tuple(r[k] for k in keys), 1e9)
                    <= 1.25 * min(b1.values()))]
         top = min(ok or [r for r in result["decode"] if r["batch"] == 128],
                   key=lambda r: r["graph_us"])
         result["best"].update(step_pblk=top["pblk"], step_warps=top["warps"],
-                              step_early=top["early"], step_evict=top["evict"])
+                              step_early=top["early"], step_evict=top["evict"],
+                              step_tma=top["tma"])
     if result.get("gemv_best") is not None:
         result["best"]["gemv"] = result["gemv_best"]
     if result.get("fused_best") is not None:
@@ -614,18 +627,18 @@ def main() -> None:
                   key=lambda r: r["us"])
         print(f"\nfused step B=1: fastest pblk={top['pblk']} warps={top['warps']} "
               f"early={top['early']}: {top['us']:.2f} us")
-    print("\n| decode (fastest variant) | pblk | warps | early | evict | graph us | eager us | "
-          "bound us | graph / bound | max rel err vs fp64 | official us |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| decode (fastest variant) | pblk | warps | early | evict | tma | graph us | "
+          "eager us | bound us | graph / bound | max rel err vs fp64 | official us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     fastest_step = {}
     for r in result.get("decode", []):
-        key = (r["batch"], r["state"])
+        key = (r["batch"], r["state"], r["tma"])
         if key not in fastest_step or r["graph_us"] < fastest_step[key]["graph_us"]:
             fastest_step[key] = r
     for r in fastest_step.values():
         print(
             f"| B={r['batch']} {r['state']} | {r['pblk']} | {r['warps']} | {int(r['early'])} | "
-            f"{int(r['evict'])} | {r['graph_us']:.2f} "
+            f"{int(r['evict'])} | {int(r['tma'])} | {r['graph_us']:.2f} "
             f"| {r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['graph_over_bound']:.3f} | "
             f"{max(x['rel_err_vs_fp64'] for x in result['decode']):.1e} | {r['official_us']} |"
         )

@@ -39,6 +39,8 @@ try:
         _last_arrival,
         _load_rows,
         arrival_counters,
+        state_descriptor,
+        step_tma,
     )
 except ImportError:  # Triton is an optional extra
     triton = None
@@ -140,13 +142,15 @@ if triton is not None:
         nheads, heads_per_group, d_state, headdim, n_angles, ngroups, nsplit, A_floor, eps,
         NB: tl.constexpr, PBLK: tl.constexpr, OUT_NORM: tl.constexpr, SYNC: tl.constexpr,
         DT_ROUND: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr, PDL: tl.constexpr,
+        TMA: tl.constexpr,
     ):
         """Grid (batch, H, cdiv(P, PBLK)); OUT_NORM needs PBLK >= P (one program a head).
         ZX (b, d_in_proj) with unit last stride; biases (H, N) contiguous; states
         contiguous and updated in place; Y (b, H*P). ``EARLY``, ``EVICT``: as the step
         kernel (state tile loaded first; streaming hints on the state). ``PDL``: the
         state (the previous token's, see ``fused_decode``) and the parameters are loaded
-        before waiting for the kernel that wrote ZX."""
+        before waiting for the kernel that wrote ZX. ``TMA``: SSM is a (b*H*P, N) descriptor
+        with block (PBLK, NB), as in the step kernel."""
         b = tl.program_id(0)
         h = tl.program_id(1)
         pb = tl.program_id(2)
@@ -161,8 +165,10 @@ if triton is not None:
         offs_p = pb * PBLK + tl.arange(0, PBLK)
         mask_p = offs_p < headdim
         ssm_off = bh * headdim * d_state
+        tile_row = (bh * headdim + pb * PBLK).to(tl.int32)
         if EARLY:
-            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+                             EVICT, TMA)
         pair = offs_n // 2
         mask_a = mask_n & (pair < n_angles)
         dt_bias = tl.load(DT_BIAS + h).to(tl.float32)
@@ -200,9 +206,11 @@ if triton is not None:
         alpha = tl.exp(adt)
         beta = (1.0 - lam) * dt * alpha
         if not EARLY:
-            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+            ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+                             EVICT, TMA)
         y = _advance_rows(ssm, SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
-                          alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT)
+                          tile_row, alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT,
+                          TMA)
         y += tl.load(D + h).to(tl.float32) * v
         z = tl.load(row + h * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         if OUT_NORM:
@@ -256,10 +264,12 @@ def fused_split(batch: int, nheads: int, headdim: int, out_norm: bool,
 
 def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeights,
                              pblk: int | None = None, num_warps: int | None = None,
-                             early_load: bool | None = None, pdl: bool | None = None) -> Tensor:
+                             early_load: bool | None = None, pdl: bool | None = None,
+                             tma: bool | None = None) -> Tensor:
     """The fused step on the GPU (or the Triton interpreter); arguments as the reference.
     Launch settings not given come from ``fused_split``/``FUSED_CONFIG``/``STEP_CONFIG``;
-    ``pdl``: programmatic dependent launch (default ``decode_pdl``)."""
+    ``pdl``: programmatic dependent launch (default ``decode_pdl``); ``tma``: the state
+    tile by bulk tensor copies (default and conditions: ``step_tma``)."""
     H, P, N = w.nheads, w.headdim, w.d_state
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
@@ -276,13 +286,17 @@ def mamba3_fused_step_triton(zxbcdt: Tensor, state: Mamba3State, w: SisoStepWeig
     counters = arrival_counters(zxbcdt.device, batch * H) if nsplit > 1 else state[0]
     y = torch.empty(batch, H * P, device=zxbcdt.device, dtype=zxbcdt.dtype)
     norm = w.norm if w.norm is not None else w.D
+    use_tma = step_tma((state[1],), P, pb, batch, tma)
+    if use_tma:
+        state = (state[0], state_descriptor(state[1], pb), *state[2:])
     _fused_step_kernel[(batch, H, nsplit)](
         zxbcdt, zxbcdt.stride(0), w.dt_bias, w.B_norm, w.C_norm, w.B_bias, w.C_bias, w.D, norm,
         *state, y, counters,
         H, H // w.ngroups, N, P, w.n_angles, w.ngroups, nsplit, w.A_floor, w.eps,
         NB=triton.next_power_of_2(N), PBLK=pb, OUT_NORM=w.norm is not None, SYNC=nsplit > 1,
         DT_ROUND=torch.promote_types(zxbcdt.dtype, w.dt_bias.dtype) != torch.float32,
-        EARLY=early_load, EVICT=STEP_CONFIG["evict"], PDL=pdl, num_warps=num_warps,
+        EARLY=early_load, EVICT=STEP_CONFIG["evict"], PDL=pdl, TMA=use_tma,
+        num_warps=num_warps,
         **pdl_launch(pdl),
     )
     return y

@@ -10,9 +10,20 @@ read and written once, in its own dtype (float32 or bfloat16), computed in float
 In place, the new angle and k overwrite the old ones that the head's other programs
 still read: a per-head arrival counter lets the last program of a head write them (and
 reset the counter), after every program of the head has read the old values.
+
+On Hopper (``TMA``, see ``step_tma``) the state tile moves by bulk tensor copies: the
+(B, H, P, N) state is viewed as (B*H*P, N) through a host ``TensorDescriptor`` with block
+(PBLK, NB), loaded with ``desc.load`` and stored with ``desc.store`` (the copy engine moves
+whole 128-byte lines; no per-thread addresses). The tile is read before the new one is
+stored (the store needs its data), so in place stays correct; the descriptor holds the
+state's address, which a CUDA graph keeps as the states of a graph stay put. Otherwise
+(other GPUs, the interpreter unless asked, PBLK not dividing P, small batches) the state
+goes through per-thread pointer loads and stores.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -22,10 +33,17 @@ from torch import Tensor
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton without host tensor descriptors: the pointer path only
+    TensorDescriptor = None
+
 # Launch settings of the step kernel: headdim rows per program, warps per program, the
-# state tile loaded first thing (its latency overlaps the q/k work) and streaming cache
-# hints on the state (evict first: it is touched once per step).
-STEP_CONFIG = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False}
+# state tile loaded first thing (its latency overlaps the q/k work), streaming cache
+# hints on the state (evict first: it is touched once per step) and the state tile by
+# TMA bulk copies on Hopper from ``tma_min_batch`` sequences on (``step_tma``).
+STEP_CONFIG = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False,
+               "tma": False, "tma_min_batch": 16}
 
 
 @triton.jit
@@ -52,27 +70,40 @@ def _last_arrival(COUNTER, bh, nsplit):
 
 
 @triton.jit
-def _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT: tl.constexpr):
-    """State rows ``offs_p`` of one head (in the state's dtype)."""
-    m2 = mask_p[:, None] & mask_n[None, :]
-    ptr = SSM + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
-    if EVICT:
-        return tl.load(ptr, mask=m2, other=0.0, eviction_policy="evict_first")
-    return tl.load(ptr, mask=m2, other=0.0)
+def _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+               EVICT: tl.constexpr, TMA: tl.constexpr):
+    """State rows ``offs_p`` of one head (in the state's dtype). With ``TMA``, ``SSM`` is
+    a (rows, N) descriptor whose block (``tile_row`` on) holds those rows."""
+    if TMA:
+        ssm = SSM.load([tile_row, 0])
+    else:
+        m2 = mask_p[:, None] & mask_n[None, :]
+        ptr = SSM + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+        if EVICT:
+            ssm = tl.load(ptr, mask=m2, other=0.0, eviction_policy="evict_first")
+        else:
+            ssm = tl.load(ptr, mask=m2, other=0.0)
+    return ssm
 
 
 @triton.jit
-def _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
-                  alpha, beta_v_prev, gamma_v, k_prev, k, q, EVICT: tl.constexpr):
-    """The new state rows from the loaded ``ssm`` (stored) and their ``h q`` (returned)."""
-    m2 = mask_p[:, None] & mask_n[None, :]
-    ptr = SSM_OUT + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+def _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+                  alpha, beta_v_prev, gamma_v, k_prev, k, q, EVICT: tl.constexpr,
+                  TMA: tl.constexpr):
+    """The new state rows from the loaded ``ssm`` (stored) and their ``h q`` (returned);
+    ``TMA``: ``SSM_OUT`` is a descriptor as in ``_load_rows``."""
     ssm = (alpha * ssm.to(tl.float32) + beta_v_prev[:, None] * k_prev[None, :]
            + gamma_v[:, None] * k[None, :])
-    if EVICT:
-        tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2, eviction_policy="evict_first")
+    if TMA:
+        SSM_OUT.store([tile_row, 0], ssm.to(SSM_OUT.dtype))
     else:
-        tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
+        m2 = mask_p[:, None] & mask_n[None, :]
+        ptr = SSM_OUT + ssm_off + offs_p[:, None] * d_state + offs_n[None, :]
+        if EVICT:
+            tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2,
+                     eviction_policy="evict_first")
+        else:
+            tl.store(ptr, ssm.to(SSM_OUT.dtype.element_ty), mask=m2)
     return tl.sum(ssm * q[None, :], 1)
 
 
@@ -85,13 +116,14 @@ def _step_kernel(
     ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
     nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
     NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    SYNC: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr,
+    SYNC: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr, TMA: tl.constexpr,
 ):
     """Grid (batch, H, cdiv(P, PBLK)). Q, K (b, G, N); V, Z (b, H, P); gates (b, H);
     Angles (b, H, A); biases (H, N); the last axis of each has stride 1. States are
     contiguous: angle (b, H, A), ssm (b, H, P, N), k (b, H, N), v (b, H, P). ``SYNC``
     (in place with several programs per head): the last program writes angle and k;
-    ``EARLY``: the state tile is loaded first; ``EVICT``: streaming hints on the state.
+    ``EARLY``: the state tile is loaded first; ``EVICT``: streaming hints on the state;
+    ``TMA``: SSM and SSM_OUT are (b*H*P, N) descriptors with block (PBLK, NB).
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -102,8 +134,10 @@ def _step_kernel(
     offs_p = pb * PBLK + tl.arange(0, PBLK)
     mask_p = offs_p < headdim
     ssm_off = bh * headdim * d_state
+    tile_row = (bh * headdim + pb * PBLK).to(tl.int32)
     if EARLY:
-        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+                         EVICT, TMA)
 
     dt = tl.load(DT + b * s_dtb + h * s_dth).to(tl.float32)
     adt = tl.load(ADT + b * s_adb + h * s_adh).to(tl.float32)
@@ -127,9 +161,10 @@ def _step_kernel(
     alpha = tl.exp(adt)
     beta = (1.0 - lam) * dt * alpha
     if not EARLY:
-        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, EVICT)
+        ssm = _load_rows(SSM, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state, tile_row,
+                         EVICT, TMA)
     y = _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state,
-                      alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT)
+                      tile_row, alpha, beta * v_prev, lam * dt * v, k_prev, k, q, EVICT, TMA)
     if HAS_D:
         y += tl.load(D + h).to(tl.float32) * v
     if HAS_Z:
@@ -165,11 +200,60 @@ def step_split(headdim: int, pblk: int | None = None) -> tuple[int, int]:
     return pb, triton.cdiv(headdim, pb)
 
 
+_TMA_DEVICES: dict[int, bool] = {}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def tma_capable(x: Tensor) -> bool:
+    """Whether bulk tensor copies can run on ``x``'s device: Triton with host descriptors,
+    CUDA (not ROCm) with compute capability >= 9, not the interpreter."""
+    if TensorDescriptor is None or not x.is_cuda or torch.version.hip or _interpreting():
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    capable = _TMA_DEVICES.get(index)
+    if capable is None:
+        capable = _TMA_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return capable
+
+
+def step_tma(ssms: tuple[Tensor, ...], headdim: int, pblk: int, batch: int,
+             tma: bool | None = None) -> bool:
+    """Whether the step moves the state tiles of ``ssms`` (input and output state, (b, H,
+    P, N)) by TMA. ``tma=None``: ``STEP_CONFIG["tma"]``, at least ``tma_min_batch``
+    sequences and a capable device (``tma_capable``); ``True`` asks for it wherever the
+    layout allows (the interpreter included, for tests). The layout: contiguous states
+    with 16-byte aligned base and rows (N * element size), PBLK dividing P, N <= 256."""
+    if TensorDescriptor is None:
+        return False
+    if tma is None:
+        if not STEP_CONFIG["tma"] or batch < STEP_CONFIG["tma_min_batch"]:
+            return False
+        if not tma_capable(ssms[0]):
+            return False
+    elif not tma or (ssms[0].is_cuda and not tma_capable(ssms[0])):
+        return False
+    return (headdim % pblk == 0 and triton.next_power_of_2(ssms[0].shape[-1]) <= 256
+            and ssms[0].numel() // ssms[0].shape[-1] < 2**31
+            and all(s.is_contiguous() and s.data_ptr() % 16 == 0
+                    and s.shape[-1] * s.element_size() % 16 == 0 for s in ssms))
+
+
+def state_descriptor(ssm: Tensor, pblk: int):
+    """The (b*H*P, N) view of a contiguous (b, H, P, N) state, block (pblk, NB)."""
+    n = ssm.shape[-1]
+    return TensorDescriptor(ssm, [ssm.numel() // n, n], [n, 1],
+                            [pblk, triton.next_power_of_2(n)])
+
+
 def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
                 pblk: int | None = None, num_warps: int | None = None,
-                early_load: bool | None = None, evict: bool | None = None) -> None:
+                early_load: bool | None = None, evict: bool | None = None,
+                tma: bool | None = None) -> None:
     """Run the step kernel; ``state`` and ``out_state`` (may alias) are contiguous tuples.
-    Settings not given come from ``STEP_CONFIG``."""
+    Settings not given come from ``STEP_CONFIG`` (``tma``: see ``step_tma``)."""
     batch, nheads, headdim = V.shape
     ngroups, d_state = Q.shape[1], Q.shape[2]
     n_angles = Angles.shape[2]
@@ -177,6 +261,10 @@ def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out
     sync = nsplit > 1 and any(a.data_ptr() == o.data_ptr()
                               for a, o in zip(state, out_state, strict=True))
     counters = arrival_counters(V.device, batch * nheads) if sync else y
+    use_tma = step_tma((state[1], out_state[1]), headdim, pb, batch, tma)
+    if use_tma:
+        state = (state[0], state_descriptor(state[1], pb), *state[2:])
+        out_state = (out_state[0], state_descriptor(out_state[1], pb), *out_state[2:])
     zs = (Z.stride(0), Z.stride(1)) if Z is not None else (0, 0)
     _step_kernel[(batch, nheads, nsplit)](
         Q, *Q.stride()[:2], K, *K.stride()[:2], V, *V.stride()[:2], Z, *zs,
@@ -187,7 +275,7 @@ def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out
         NB=triton.next_power_of_2(d_state), PBLK=pb,
         HAS_D=D is not None, HAS_Z=Z is not None, SYNC=sync,
         EARLY=STEP_CONFIG["early_load"] if early_load is None else early_load,
-        EVICT=STEP_CONFIG["evict"] if evict is None else evict,
+        EVICT=STEP_CONFIG["evict"] if evict is None else evict, TMA=use_tma,
         num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
 
@@ -199,15 +287,18 @@ def _unit_last(x: Tensor | None) -> Tensor | None:
 def mamba3_step_triton(
     Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
     K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
-    Z: Tensor | None = None, inplace: bool = False,
+    Z: Tensor | None = None, inplace: bool = False, pblk: int | None = None,
+    tma: bool | None = None,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
-    writes the new state over ``state`` (see the module docstring for how)."""
+    writes the new state over ``state`` (see the module docstring for how); ``pblk`` and
+    ``tma`` as ``launch_step``."""
     if inplace and not all(s.is_contiguous() for s in state):
         raise ValueError("an in-place decode step needs contiguous state tensors")
     state = tuple(s.contiguous() for s in state)
     out_state = state if inplace else tuple(torch.empty_like(s) for s in state)
     Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
     y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
-    launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y)
+    launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
+                pblk=pblk, tma=tma)
     return y, out_state

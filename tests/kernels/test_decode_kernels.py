@@ -46,13 +46,15 @@ if not CUDA and type(tl.sum).__name__ != "InterpretedFunction":
                 "`TRITON_INTERPRET=1 pytest tests/kernels`", allow_module_level=True)
 
 
-@pytest.mark.parametrize("pblk,num_warps,early,evict", [
-    (4, 1, False, False), (8, 2, True, True), (32, 4, True, False)])
+@pytest.mark.parametrize("pblk,num_warps,early,evict,tma", [
+    (4, 1, False, False, False), (8, 2, True, True, False), (32, 4, True, False, False),
+    (4, 2, True, False, True), (4, 1, False, False, True)])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_split_step_matches_reference(pblk, num_warps, early, evict, inplace):
+def test_split_step_matches_reference(pblk, num_warps, early, evict, inplace, tma):
     """headdim 20 in blocks of 4, 8 (a partial block) or one block; in place, the last
     program of a head writes angle and k, and leaves the arrival counters at zero; the
-    state loaded first or late, with or without streaming hints."""
+    state loaded first or late, with or without streaming hints, through pointers or
+    tensor descriptors (``tma``: d_state 36 in blocks of 64 columns)."""
     x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=11)
     want_y, want = mamba3_step_reference(**x, state=state)
     mine = tuple(s.clone() for s in state)
@@ -60,7 +62,10 @@ def test_split_step_matches_reference(pblk, num_warps, early, evict, inplace):
     y = torch.empty_like(x["V"])
     step_mod.launch_step(x["Q"], x["K"], x["V"], x["ADT"], x["DT"], x["Trap"], x["Q_bias"],
                          x["K_bias"], x["Angles"].contiguous(), x["D"], x["Z"], mine, out, y,
-                         pblk=pblk, num_warps=num_warps, early_load=early, evict=evict)
+                         pblk=pblk, num_warps=num_warps, early_load=early, evict=evict,
+                         tma=tma)
+    if tma and not step_mod.step_tma((mine[1], out[1]), 20, pblk, 3, True):
+        pytest.skip("no TMA on this device")
     assert rel_err(y, want_y) < 1e-5
     for name, got, ref in zip(STATE, out, want, strict=True):
         assert rel_err(got, ref) < 1e-5, name
@@ -115,6 +120,33 @@ def test_fused_step_matches_reference(is_outproj_norm, cast, pblk, early, dtype)
     assert rel_err(got, want) < tol
     for name, a, b in zip(STATE, state.as_tuple(), ref_state.as_tuple(), strict=True):
         assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.parametrize("is_outproj_norm,pblk", [(False, 4), (False, None), (True, None)])
+@pytest.mark.parametrize("early", [False, True])
+def test_fused_step_tma_matches_reference(is_outproj_norm, pblk, early):
+    """The fused step with its state tile by tensor descriptors: 3 heads of headdim 16 in
+    blocks of 4 (the arrival counter), the automatic split or whole heads (gated
+    RMSNorm); d_state 20 in blocks of 32 columns."""
+    mixer = make_mixer(torch.float32, ngroups=1, is_outproj_norm=is_outproj_norm,
+                       headdim=16, d_state=20)
+    w = mixer.step_weights()
+    g = torch.Generator().manual_seed(4)
+    zx = torch.randn(3, mixer.in_proj.out_features, generator=g).to(DEVICE)
+    ref_state = random_cache(mixer, 3, 6)
+    state = random_cache(mixer, 3, 6)
+    pb = fused_split(3, mixer.nheads, 16, is_outproj_norm, pblk)[0]
+    if not step_mod.step_tma((state.ssm,), 16, pb, 3, True):
+        pytest.skip("no TMA on this device")
+    want = mamba3_fused_step_reference(
+        zx, (ref_state.angle, ref_state.ssm, ref_state.k[:, 0], ref_state.v), w)
+    got = mamba3_fused_step_triton(zx, (state.angle, state.ssm, state.k[:, 0], state.v), w,
+                                   pblk=pblk, num_warps=2, early_load=early, tma=True)
+    assert rel_err(got, want) < 1e-5
+    for name, a, b in zip(STATE, state.as_tuple(), ref_state.as_tuple(), strict=True):
+        assert rel_err(a, b) < 1e-5, name
+    counters = step_mod._COUNTERS.get(torch.device(DEVICE))
+    assert counters is None or not counters.any()
 
 
 @pytest.mark.parametrize("is_outproj_norm", [False, True])
@@ -554,7 +586,7 @@ kernels = [
                                       PF_BLOCK=64, NORM=True, HAS_R=True)),
     (add_rms_norm._add_rms_norm_kernel, dict(BLOCK=256, HAS_R=True)),
     (fs._fused_step_kernel, dict(NB=64, PBLK=16, OUT_NORM=False, SYNC=True, DT_ROUND=True,
-                                 EARLY=True, EVICT=False)),
+                                 EARLY=True, EVICT=False, TMA=False)),
     (att._rope_append_kernel, dict(BD=64, HALF=16, ROTARY=True, INTERLEAVED=False,
                                    HAS_PAD=True, RING=True)),
     (att._split_kv_kernel, dict(BLOCK_N=64, GP=16, BD=64, RING=True, HAS_PAD=True,
@@ -606,6 +638,80 @@ def test_pdl_kernels_compile_for_sm90_either_way():
     assert len(got) == 14
     for key, flags in got.items():
         assert flags == ([True] * 3 if key.endswith("True") else [False] * 3), key
+
+
+_TMA_COMPILE = r"""
+import inspect, json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba3_integrations.kernels import mamba3_siso_fused_step as fs
+from mamba3_integrations.kernels import mamba3_siso_triton_step as st
+
+# The state tile of the B=128 step (PBLK 64, N 128, 4 warps), fp32 and bf16 states, and
+# the fused step at batch 1 (8 rows, 1 warp, PDL).
+kernels = [
+    (st._step_kernel, "fp32", dict(NB=128, PBLK=64, HAS_D=True, HAS_Z=True, SYNC=False,
+                                   EARLY=True, EVICT=False), 4, {}),
+    (st._step_kernel, "bf16", dict(NB=128, PBLK=64, HAS_D=True, HAS_Z=True, SYNC=True,
+                                   EARLY=False, EVICT=False), 4, {}),
+    (fs._fused_step_kernel, "fp32", dict(NB=128, PBLK=8, OUT_NORM=False, SYNC=True,
+                                         DT_ROUND=True, EARLY=True, EVICT=False, PDL=True),
+     1, {"launch_pdl": True}),
+]
+out = {}
+for fn, sdt, const, warps, opts in kernels:
+    for tma in (False, True):
+        sig = {}
+        for name in inspect.signature(fn.fn).parameters:
+            if name in const or name == "TMA":
+                sig[name] = "constexpr"
+            elif name in ("SSM", "SSM_OUT"):
+                block = f"{const['PBLK']}, {const['NB']}"
+                sig[name] = f"tensordesc<{sdt}[{block}]>" if tma else f"*{sdt}"
+            elif name in ("eps", "A_floor"):
+                sig[name] = "fp32"
+            elif name[0].isupper():
+                sig[name] = "*i32" if name == "COUNTER" else "*fp32"
+            else:
+                sig[name] = "i32"
+        k = triton.compile(ASTSource(fn, sig, {**const, "TMA": tma}),
+                           target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": warps, **opts})
+        ptx = k.asm["ptx"]
+        out[f"{fn.__name__} {sdt} {tma}"] = [
+            re.search(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global", ptx) is not None,
+            "cp.async.bulk.tensor.2d.global.shared" in ptx, k.metadata.shared]
+print(json.dumps(out))
+"""
+
+
+def test_tma_step_kernels_compile_for_sm90():
+    """The step kernels compile for sm_90 (no GPU needed) with the state tile through
+    tensor descriptors (bulk tensor load and store, the tile in shared memory) and
+    without (neither, no shared tile)."""
+    import json
+    import subprocess
+    import sys
+
+    if step_mod.TensorDescriptor is None:
+        pytest.skip("this Triton has no host tensor descriptors")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _TMA_COMPILE], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if proc.returncode and ("ptxas" in proc.stderr or "CUDA" in proc.stderr.split("\n")[-2]):
+        pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(got) == 6
+    for key, (load, store, shared) in got.items():
+        tma = key.endswith("True")
+        assert load == tma and store == tma, key
+        if key.startswith("_step_kernel"):
+            tile = 64 * 128 * (4 if " fp32 " in key else 2)
+        else:
+            tile = 8 * 128 * 4
+        assert (shared >= tile) == tma, (key, shared)
 
 
 @pytest.mark.gpu

@@ -207,6 +207,54 @@ def test_step_matches_reference(state_dtype, inplace):
         assert rel_err(got, ref) < tol, name
 
 
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("pblk", [8, 32])
+def test_step_tma_matches_reference(state_dtype, inplace, pblk):
+    """The state tile by tensor descriptors (Hopper's TMA; the interpreter when asked):
+    several programs per head (in place: the arrival counter) or one, d_state below its
+    power of two (the descriptor clips the columns), 5 heads of 3 sequences."""
+    from mamba3_integrations.kernels.mamba3_siso_triton_step import step_split, step_tma
+
+    x, state = make_inputs(3, 1, 1, 5, 40, 32, 9, torch.float32, step=True, seed=7)
+    state = (state[0], state[1].to(state_dtype), state[2], state[3])
+    want_y, want = mamba3_step_reference(**x, state=state)
+    mine = tuple(s.clone() for s in state)
+    pb, _ = step_split(32, pblk)
+    if CUDA and not step_tma((mine[1],), 32, pb, 3, True):
+        pytest.skip("no TMA on this device")
+    assert step_tma((mine[1],), 32, pb, 3, True)
+    y, new = mamba3_step_triton(**x, state=mine, inplace=inplace, pblk=pblk, tma=True)
+    assert all((a is b) == inplace for a, b in zip(new, mine, strict=True))
+    if not inplace:
+        assert all(torch.equal(a, b) for a, b in zip(mine, state, strict=True))
+    tol = 1e-5 if state_dtype == torch.float32 else 1e-2
+    assert rel_err(y, want_y) < tol
+    for name, got, ref in zip(STATE, new, want, strict=True):
+        assert rel_err(got, ref) < tol, name
+
+
+def test_step_tma_falls_back_to_pointers():
+    """Layouts a descriptor cannot take keep the pointer path: PBLK not dividing P, rows
+    of N * element size not a multiple of 16 bytes, non-contiguous states."""
+    from mamba3_integrations.kernels.mamba3_siso_triton_step import step_tma
+
+    ssm = torch.zeros(2, 3, 20, 36)
+    assert step_tma((ssm,), 20, 4, 2, True)
+    assert not step_tma((ssm,), 20, 32, 2, True)
+    assert not step_tma((ssm,), 20, 8, 2, True)
+    assert not step_tma((ssm.to(torch.bfloat16),), 20, 4, 2, True)
+    assert not step_tma((ssm.transpose(2, 3),), 36, 4, 2, True)
+    assert not step_tma((ssm,), 20, 4, 2, False)
+    x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=4)
+    want_y, want = mamba3_step_reference(**x, state=state)
+    y, new = mamba3_step_triton(**x, state=tuple(s.clone() for s in state), inplace=True,
+                                pblk=8, tma=True)
+    assert rel_err(y, want_y) < 1e-5
+    for name, got, ref in zip(STATE, new, want, strict=True):
+        assert rel_err(got, ref) < 1e-5, name
+
+
 def test_step_continues_the_scan():
     """Prefill 20 tokens, then 3 steps: equals one 23-token scan."""
     x, _ = make_inputs(2, 23, 1, 2, 32, 16, 8, torch.float16, seed=5)
