@@ -20,8 +20,10 @@ and high halves of N, which is the layout of the SISO kernels' [even | odd] halv
    in-chunk part plus ``exp(A_t) q' S^T``, with bias, rotary, rank values, D, the
    headwise norm, the gate and the ``MIMO_O`` contraction fused.
 
-Per-token values (gates, cos/sin, V, Z) are loaded per row (a token's RP rows read the
-same addresses, from L1), which keeps every tile in one (rows, columns) shape.
+Every tile has one (rows, columns) shape: cos/sin are loaded per token and the per-rank
+parameters (biases, ``MIMO_V/Z/O``) once per program as (RP, columns) tables, then
+spread over the rows (``_per_token``, ``_per_rank``); gates, V and Z are loaded per row
+(a token's RP rows read the same addresses, from L1).
 """
 
 from __future__ import annotations
@@ -82,37 +84,68 @@ def _chunk_rows(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s
 
 
 @triton.jit
-def _row_cos_sin(COS, SIN, cs_at, tok, valid, n, n_angles):
-    """cos and sin (rows x BH, in COS's dtype) of the rows' tokens; COS/SIN point at one head's
-    (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and masked rows) get cos 1, sin 0."""
-    m = valid[:, None] & (n < n_angles)[None, :]
-    at = cs_at + tok[:, None] * n_angles + n[None, :]
-    return tl.load(COS + at, mask=m, other=1.0), tl.load(SIN + at, mask=m, other=0.0)
+def _row_cos_sin(COS, SIN, cs_at, start, end, n, n_angles, C: tl.constexpr,
+                 RP: tl.constexpr):
+    """cos and sin (rows x BH, in COS's dtype) of the rows' tokens, loaded once per token;
+    COS/SIN point at one head's (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and
+    tokens past ``end``) get cos 1, sin 0."""
+    tt = start + tl.arange(0, C)
+    m = (tt < end)[:, None] & (n < n_angles)[None, :]
+    at = cs_at + tt[:, None] * n_angles + n[None, :]
+    cos = tl.load(COS + at, mask=m, other=1.0)
+    sin = tl.load(SIN + at, mask=m, other=0.0)
+    return _per_token(cos, RP), _per_token(sin, RP)
 
 
 @triton.jit
-def _rotated_rows(X, s_xt, s_xr, s_xn, XB, cos, sin, tok, r, valid, n, half):
-    """Low and high halves (rows x BH, zero outside ``valid``) of ``rot(X + bias)`` for the
-    rows (token ``tok``, rank ``r``); X points at the batch row and group, XB at the head's
-    (R, N) bias. The arithmetic runs in the activations' dtype (X, bias and cos/sin all
-    hold it): 16-bit tiles take half the registers of float32 ones, which the output
-    kernel spilled, and the result is rounded to it for the products anyway."""
+def _per_token(x, RP: tl.constexpr):
+    """(C, W) per token -> (C * RP, W): row ``t * RP + r`` holds token t's entry."""
+    C: tl.constexpr = x.shape[0]
+    W: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.broadcast_to(x[:, None, :], (C, RP, W)), (C * RP, W))
+
+
+@triton.jit
+def _rank_table(X, rank, row_stride, cols, col_ok, RP: tl.constexpr):
+    """A head's per-rank parameters as an (RP, W) tile (padded ranks zero); X points at
+    the head's rank 0, ``cols`` are the W columns. Loaded once per program and spread
+    over a chunk's rows by ``_per_rank``: per-row loads would keep (rows x W) addresses
+    live through the loop."""
+    rr = tl.arange(0, RP)
+    return tl.load(X + rr[:, None] * row_stride + cols[None, :],
+                   mask=(rr < rank)[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _per_rank(x, C: tl.constexpr):
+    """(RP, W) per rank -> (C * RP, W): row ``t * RP + r`` holds rank r's entry."""
+    RP: tl.constexpr = x.shape[0]
+    W: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.broadcast_to(x[None, :, :], (C, RP, W)), (C * RP, W))
+
+
+@triton.jit
+def _rotated_rows(X, s_xt, s_xr, s_xn, b_lo, b_hi, cos, sin, tok, r, valid, n, half):
+    """Low and high halves (rows x BH) of ``rot(X + bias)`` for the rows (token ``tok``,
+    rank ``r``); X points at the batch row and group, ``b_lo``/``b_hi`` are the bias
+    halves per row. Rows outside ``valid`` hold the rotated bias (their weights and
+    coefficients are zero). The arithmetic runs in the activations' dtype (X, bias and
+    cos/sin all hold it): 16-bit tiles take half the registers of float32 ones, and the
+    result is rounded to it for the products anyway."""
     m = valid[:, None] & (n < half)[None, :]
     at = X + tok[:, None] * s_xt + r[:, None] * s_xr + n[None, :] * s_xn
-    b_at = XB + r[:, None] * 2 * half + n[None, :]
-    lo = tl.load(at, mask=m, other=0.0) + tl.load(b_at, mask=m, other=0.0)
-    hi = tl.load(at + half * s_xn, mask=m, other=0.0) + tl.load(b_at + half, mask=m, other=0.0)
+    lo = tl.load(at, mask=m, other=0.0) + b_lo
+    hi = tl.load(at + half * s_xn, mask=m, other=0.0) + b_hi
     return lo * cos - hi * sin, lo * sin + hi * cos
 
 
 @triton.jit
-def _rank_values(V, s_vt, s_vp, MX, tok, r, valid, p, headdim):
+def _rank_values(V, s_vt, s_vp, mx, tok, valid, p, headdim):
     """``V_t * MIMO_X[r]`` (rows x PB, float32) for the rows; V points at the batch row
-    and head, MX at the head's (R, P) parameters."""
+    and head, ``mx`` holds the parameters per row."""
     m = valid[:, None] & (p < headdim)[None, :]
     v = tl.load(V + tok[:, None] * s_vt + p[None, :] * s_vp, mask=m, other=0.0)
-    return v.to(tl.float32) * tl.load(MX + r[:, None] * headdim + p[None, :], mask=m,
-                                      other=0.0).to(tl.float32)
+    return v.to(tl.float32) * mx.to(tl.float32)
 
 
 @triton.jit
@@ -137,6 +170,10 @@ def _mimo_chunk_state_kernel(
     s_lo = tl.zeros([PB, BH], dtype=tl.float32)
     s_hi = tl.zeros([PB, BH], dtype=tl.float32)
     a_tot = tl.sum(tl.zeros([BH], dtype=tl.float32), 0)
+    kb = KB + h * rank * 2 * half
+    kb_lo = _rank_table(kb, rank, 2 * half, n, n < half, RP)
+    kb_hi = _rank_table(kb + half, rank, 2 * half, n, n < half, RP)
+    mv = _rank_table(MV + h * rank * headdim, rank, headdim, p, p < headdim, RP)
     for j in range(CPP):
         row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
             g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
@@ -144,12 +181,13 @@ def _mimo_chunk_state_kernel(
         adt_first = tl.where(first, adt, 0.0)
         a_end = tl.sum(adt_first, 0)
         coef = tl.where(valid, tl.exp(a_end - tl.cumsum(adt_first, 0)) * w, 0.0)
-        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tok,
-                                valid, n, n_angles)
+        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, start,
+                                end, n, n_angles, C, RP)
         k_lo, k_hi = _rotated_rows(K + row64 * s_kb + grp * s_kg, s_kt, s_kr, s_kn,
-                                   KB + h * rank * 2 * half, cos, sin, tok, r, valid, n, half)
-        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, MV + h * rank * headdim,
-                         tok, r, valid, p, headdim)
+                                   _per_rank(kb_lo, C), _per_rank(kb_hi, C), cos, sin, tok, r,
+                                   valid, n, half)
+        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, _per_rank(mv, C), tok, valid,
+                         p, headdim)
         vs = tl.trans((v * coef[:, None]).to(dty))
         decay = tl.exp(a_end)
         s_lo = s_lo * decay + _dot(vs, k_lo.to(dty), IEEE)
@@ -209,21 +247,30 @@ def _mimo_chunk_scan_kernel(
 
     qb = QB + h * rank * 2 * half
     kb = KB + h * rank * 2 * half
+    qb_lo = _rank_table(qb, rank, 2 * half, n, n < half, RP)
+    qb_hi = _rank_table(qb + half, rank, 2 * half, n, n < half, RP)
+    kb_lo = _rank_table(kb, rank, 2 * half, n, n < half, RP)
+    kb_hi = _rank_table(kb + half, rank, 2 * half, n, n < half, RP)
+    mv = _rank_table(MV + h * rank * headdim, rank, headdim, p, p_ok, RP)
+    if HAS_Z:
+        mz = _rank_table(MZ + h * rank * headdim, rank, headdim, p, p_ok, RP)
+    if REDUCE_O:
+        mo = _rank_table(MO + h * rank * headdim, rank, headdim, p, p_ok, RP)
     for j in range(CPP):
         row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
             g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
             s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank, C, RP, CPP, IS_VARLEN)
         acum, a_end, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
-        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tok,
-                                valid, n, n_angles)
+        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, start,
+                                end, n, n_angles, C, RP)
         x_at = row64 * s_qb + grp * s_qg
-        q_lo, q_hi = _rotated_rows(Q + x_at, s_qt, s_qr, s_qn, qb, cos, sin, tok, r, valid, n,
-                                   half)
-        k_lo, k_hi = _rotated_rows(K + x_at, s_qt, s_qr, s_qn, kb, cos, sin, tok, r, valid, n,
-                                   half)
+        q_lo, q_hi = _rotated_rows(Q + x_at, s_qt, s_qr, s_qn, _per_rank(qb_lo, C),
+                                   _per_rank(qb_hi, C), cos, sin, tok, r, valid, n, half)
+        k_lo, k_hi = _rotated_rows(K + x_at, s_qt, s_qr, s_qn, _per_rank(kb_lo, C),
+                                   _per_rank(kb_hi, C), cos, sin, tok, r, valid, n, half)
         q_lo, q_hi, k_lo, k_hi = q_lo.to(dty), q_hi.to(dty), k_lo.to(dty), k_hi.to(dty)
-        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, MV + h * rank * headdim,
-                         tok, r, valid, p, headdim)
+        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, _per_rank(mv, C), tok, valid,
+                         p, headdim)
         v_op = v.to(dty)
 
         scores = _dot(q_lo, tl.trans(k_lo), IEEE) + _dot(q_hi, tl.trans(k_hi), IEEE)
@@ -245,13 +292,12 @@ def _mimo_chunk_scan_kernel(
             norm_w = tl.load(NW + h * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
             y = y * tl.rsqrt(tl.sum(y * y, 1) / headdim + eps)[:, None] * norm_w[None, :]
         if HAS_Z:
-            zr = _rank_values(Z + row64 * s_zb + h * s_zh, s_zt, s_zp,
-                              MZ + h * rank * headdim, tok, r, valid, p, headdim)
+            zr = _rank_values(Z + row64 * s_zb + h * s_zh, s_zt, s_zp, _per_rank(mz, C), tok,
+                              valid, p, headdim)
             y = y * zr * tl.sigmoid(zr)
         o_at = OUT + row64 * s_ob + h * s_oh
         if REDUCE_O:
-            y *= tl.load(MO + (h * rank + r[:, None]) * headdim + p[None, :],
-                         mask=valid[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            y *= _per_rank(mo, C).to(tl.float32)
             o = tl.sum(tl.reshape(y, (C, RP, PB)), 1)
             tt = start + tl.arange(0, C)
             tl.store(o_at + tt[:, None] * s_ot + p[None, :] * s_op, o.to(OUT.dtype.element_ty),
