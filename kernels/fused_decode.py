@@ -49,7 +49,7 @@ if HAVE_TRITON:
     else:
         HAVE_PDL = "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
 
-_PDL_DEVICES: dict[int, bool] = {}
+_SM90_DEVICES: dict[int, bool] = {}
 
 
 def fused_decode_enabled(x: Tensor) -> bool:
@@ -62,19 +62,27 @@ def fused_decode_enabled(x: Tensor) -> bool:
     return x.is_cuda or setting == "1"
 
 
-def decode_pdl(x: Tensor) -> bool:
-    """Whether the decode kernels on ``x``'s device launch with PDL (see the module
-    docstring): ``MAMBA3_DECODE_PDL`` not ``0``, CUDA (not ROCm) with compute capability
-    >= 9, Triton with the API, not the interpreter. Read at launch (graph capture)."""
-    if not HAVE_PDL or not x.is_cuda or os.environ.get("MAMBA3_DECODE_PDL", "1") == "0":
+def hopper_or_newer(x: Tensor) -> bool:
+    """Whether ``x`` lives on a CUDA (not ROCm) device of compute capability >= 9 and
+    kernels run compiled (not in Triton's interpreter); cached per device."""
+    if not x.is_cuda or torch.version.hip:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or torch.version.hip:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    capable = _PDL_DEVICES.get(index)
+    capable = _SM90_DEVICES.get(index)
     if capable is None:
-        capable = _PDL_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
+        capable = _SM90_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
     return capable
+
+
+def decode_pdl(x: Tensor) -> bool:
+    """Whether the decode kernels on ``x``'s device launch with PDL (see the module
+    docstring): ``MAMBA3_DECODE_PDL`` not ``0``, Triton with the API and
+    ``hopper_or_newer``. Read at launch (graph capture)."""
+    if not HAVE_PDL or os.environ.get("MAMBA3_DECODE_PDL", "1") == "0":
+        return False
+    return hopper_or_newer(x)
 
 
 def pdl_launch(pdl: bool) -> dict:

@@ -23,13 +23,12 @@ goes through per-thread pointer loads and stores.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from mamba3_integrations.kernels.fused_decode import hopper_or_newer
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
 from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _sigmoid, _tanh, _wrap
 
@@ -202,23 +201,10 @@ def step_split(headdim: int, pblk: int | None = None) -> tuple[int, int]:
     return pb, triton.cdiv(headdim, pb)
 
 
-_TMA_DEVICES: dict[int, bool] = {}
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def tma_capable(x: Tensor) -> bool:
-    """Whether bulk tensor copies can run on ``x``'s device: Triton with host descriptors,
-    CUDA (not ROCm) with compute capability >= 9, not the interpreter."""
-    if TensorDescriptor is None or not x.is_cuda or torch.version.hip or _interpreting():
-        return False
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    capable = _TMA_DEVICES.get(index)
-    if capable is None:
-        capable = _TMA_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return capable
+    """Whether bulk tensor copies can run on ``x``'s device: Triton with host descriptors
+    and ``hopper_or_newer``."""
+    return TensorDescriptor is not None and hopper_or_newer(x)
 
 
 def step_tma(ssms: tuple[Tensor, ...], headdim: int, pblk: int, batch: int,

@@ -8,7 +8,10 @@ Without CUDA the kernels run under Triton's interpreter (``tests/conftest.py``).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -569,6 +572,18 @@ def test_pdl_switch_off_in_interpreter_and_off_cuda(monkeypatch):
         assert not fused_decode.decode_pdl(torch.zeros(2))
 
 
+def _compile_for_sm90(script: str) -> dict:
+    """Run a compile script in a fresh process without the interpreter; its last output
+    line is JSON. Skips where no sm_90 compiler (ptxas) is at hand."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if proc.returncode and ("ptxas" in proc.stderr or "CUDA" in proc.stderr.split("\n")[-2]):
+        pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 _PDL_COMPILE = r"""
 import inspect, json, sys
 import triton
@@ -620,21 +635,12 @@ print(json.dumps(out))
 def test_pdl_kernels_compile_for_sm90_either_way():
     """Every decode kernel compiles for sm_90 (no GPU needed) with ``PDL`` off (no grid
     dependency instructions) and on (wait and launch_dependents, the launch option)."""
-    import json
-    import subprocess
-    import sys
 
     from mamba3_integrations.kernels import fused_decode
 
     if not fused_decode.HAVE_PDL:
         pytest.skip("this Triton has no programmatic dependent launch")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PDL_COMPILE], capture_output=True,
-                          text=True, env=env, timeout=300)
-    if proc.returncode and ("ptxas" in proc.stderr or "CUDA" in proc.stderr.split("\n")[-2]):
-        pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _compile_for_sm90(_PDL_COMPILE)
     assert len(got) == 14
     for key, flags in got.items():
         assert flags == ([True] * 3 if key.endswith("True") else [False] * 3), key
@@ -690,19 +696,10 @@ def test_tma_step_kernels_compile_for_sm90():
     """The step kernels compile for sm_90 (no GPU needed) with the state tile through
     tensor descriptors (bulk tensor load and store, the tile in shared memory) and
     without (neither, no shared tile)."""
-    import json
-    import subprocess
-    import sys
 
     if step_mod.TensorDescriptor is None:
         pytest.skip("this Triton has no host tensor descriptors")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _TMA_COMPILE], capture_output=True,
-                          text=True, env=env, timeout=300)
-    if proc.returncode and ("ptxas" in proc.stderr or "CUDA" in proc.stderr.split("\n")[-2]):
-        pytest.skip(f"no sm_90 compiler here: {proc.stderr[-300:]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _compile_for_sm90(_TMA_COMPILE)
     assert len(got) == 6
     for key, (load, store, shared) in got.items():
         tma = key.endswith("True")

@@ -189,22 +189,27 @@ def test_packed_sequences_match_separate_ones(chunks_per_program):
         assert rel_err(grads[name], ref[name]) < 2e-5, name
 
 
-@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("inplace", [False, True])
-def test_step_matches_reference(state_dtype, inplace):
-    x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=4)
-    state = (state[0], state[1].to(state_dtype), state[2], state[3])
+def check_step(x: dict, state: tuple, inplace: bool, **options) -> None:
+    """``mamba3_step_triton`` against the reference: output, new state (dtype and
+    values), in place or leaving the input state untouched."""
     want_y, want = mamba3_step_reference(**x, state=state)
     mine = tuple(s.clone() for s in state)
-    y, new = mamba3_step_triton(**x, state=mine, inplace=inplace)
+    y, new = mamba3_step_triton(**x, state=mine, inplace=inplace, **options)
     assert all((a is b) == inplace for a, b in zip(new, mine, strict=True))
     if not inplace:
         assert all(torch.equal(a, b) for a, b in zip(mine, state, strict=True))
-    tol = 1e-5 if state_dtype == torch.float32 else 1e-2
+    tol = 1e-5 if state[1].dtype == torch.float32 else 1e-2
     assert rel_err(y, want_y) < tol
     for name, got, ref in zip(STATE, new, want, strict=True):
         assert got.dtype == ref.dtype, name
         assert rel_err(got, ref) < tol, name
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_step_matches_reference(state_dtype, inplace):
+    x, state = make_inputs(3, 1, 2, 4, 36, 20, 9, torch.float32, step=True, seed=4)
+    check_step(x, (state[0], state[1].to(state_dtype), state[2], state[3]), inplace)
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
@@ -218,20 +223,11 @@ def test_step_tma_matches_reference(state_dtype, inplace, pblk):
 
     x, state = make_inputs(3, 1, 1, 5, 40, 32, 9, torch.float32, step=True, seed=7)
     state = (state[0], state[1].to(state_dtype), state[2], state[3])
-    want_y, want = mamba3_step_reference(**x, state=state)
-    mine = tuple(s.clone() for s in state)
     pb, _ = step_split(32, pblk)
-    if CUDA and not step_tma((mine[1],), 32, pb, 3, True):
+    if CUDA and not step_tma((state[1],), 32, pb, 3, True):
         pytest.skip("no TMA on this device")
-    assert step_tma((mine[1],), 32, pb, 3, True)
-    y, new = mamba3_step_triton(**x, state=mine, inplace=inplace, pblk=pblk, tma=True)
-    assert all((a is b) == inplace for a, b in zip(new, mine, strict=True))
-    if not inplace:
-        assert all(torch.equal(a, b) for a, b in zip(mine, state, strict=True))
-    tol = 1e-5 if state_dtype == torch.float32 else 1e-2
-    assert rel_err(y, want_y) < tol
-    for name, got, ref in zip(STATE, new, want, strict=True):
-        assert rel_err(got, ref) < tol, name
+    assert step_tma((state[1],), 32, pb, 3, True)
+    check_step(x, state, inplace, pblk=pblk, tma=True)
 
 
 def test_step_tma_falls_back_to_pointers():
