@@ -34,6 +34,7 @@ from mamba3_integrations.kernels.mamba3_mimo_triton_bwd import (
 from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import (
     _mimo_chunk_scan_kernel,
     _mimo_chunk_state_kernel,
+    dot_precision,
     kernel_blocks,
 )
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
@@ -57,11 +58,6 @@ def _launch(kernel: Callable[[int], None], rows: int) -> None:
             if rows <= 16:
                 raise
             rows //= 2
-
-
-def _precision(x: Tensor) -> str:
-    """float32 inputs multiply in true float32; 16-bit inputs use their tensor cores."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def _seq_count(batch: int, seqlen: int, cu_seqlens: Tensor | None) -> int:
@@ -336,7 +332,7 @@ class _MimoScan(torch.autograd.Function):
             post_grads = dict(zip(map(id, post), torch.autograd.grad(
                 out, post, dout.to(out.dtype)), strict=True))
             grads = _scan_backward(post_grads[id(y_core)], rows, state is not None, ctx.cu,
-                                   _precision(saved[2]))
+                                   dot_precision(saved[2].dtype))
             grads["v"] = grads["v"] + post_grads[id(v_rows)]
             outputs = [(rows[n], grads[n]) for n in grads if rows[n].requires_grad]
             inputs = [x for x in [args[k] for k in PRE_NAMES] + list(state or ())

@@ -28,6 +28,7 @@ spread over the rows (``_per_token``, ``_per_rank``); gates, V and Z are loaded 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -37,11 +38,6 @@ from mamba3_integrations.kernels.mamba3_siso_triton_fwd import (
     _sub_chunk,
     _wrap,
 )
-
-
-@triton.jit
-def _tanh(x):
-    return 2 * tl.sigmoid(2 * x) - 1
 
 
 @triton.jit
@@ -318,3 +314,9 @@ def kernel_blocks(rank: int, d_state: int, rows: int = 64) -> tuple[int, int, in
     """(chunk tokens C, padded rank RP, half-state block BH) for ``C * RP = rows``."""
     rp = triton.next_power_of_2(rank)
     return max(1, rows // rp), rp, max(16, triton.next_power_of_2(d_state // 2))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the MIMO kernels' products: float32 inputs multiply in true
+    float32, 16-bit inputs on tf32 tensor cores."""
+    return "ieee" if dtype == torch.float32 else "tf32"

@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import _tanh
+from mamba3_integrations.kernels.mamba3_mimo_triton_fwd import dot_precision
 from mamba3_integrations.kernels.mamba3_siso_reference import Mamba3State
-from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _cos_sin, _wrap
+from mamba3_integrations.kernels.mamba3_siso_triton_fwd import PI, _cos_sin, _tanh, _wrap
 from mamba3_integrations.kernels.mamba3_siso_triton_step import _last_arrival, arrival_counters
 
 NORM_EPS = 1e-5
@@ -36,12 +36,6 @@ STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 64, "small_warps": 4,
                "large_batch": 16, "maxnreg": 128}
 
 LAST_KERNELS: dict[str, object] = {}  # the latest compiled step kernel (resource report)
-
-
-def _precision(x: Tensor) -> str:
-    """Products of float32 inputs in true float32; 16-bit inputs on tf32 tensor cores (the
-    state stays float32; its operands round to tf32, ~5e-4 relative)."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 @triton.jit
@@ -253,7 +247,7 @@ def mamba3_mimo_step_triton(
         R=rank, KR=max(16, triton.next_power_of_2(2 * rank)), BH=bh, PBLK=pb,
         HAS_D=D is not None, HAS_Z=Z is not None, HAS_NORM=Norm_Weight is not None, SYNC=sync,
         FAST=V.is_cuda and V.dtype in (torch.float16, torch.bfloat16),
-        EVEN=headdim % pb == 0 and half == bh, PRECISION=_precision(V),
+        EVEN=headdim % pb == 0 and half == bh, PRECISION=dot_precision(V.dtype),
         num_warps=num_warps, num_stages=1, **cap,
     )
     return out, tuple(new)
