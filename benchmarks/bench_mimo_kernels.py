@@ -128,7 +128,6 @@ def ours_prefill(x: dict, config: FwdConfig | None = None) -> torch.Tensor:
 
 def label(config: FwdConfig) -> str:
     extra = "" if config.whole_seq_programs == DEFAULT_CONFIG.whole_seq_programs else " split"
-    extra += f" p{config.psplit}" if config.psplit > 1 else ""
     return (f"r{config.rows} c{config.chunk} w{config.num_warps}/{config.state_warps}"
             f" s{config.stages}/{config.state_stages}{extra}")
 
@@ -507,7 +506,7 @@ def main() -> None:
                              "mimo_prefill.json)")
     parser.add_argument("--configs", help="prefill variants instead of CONFIGS, comma-"
                         "separated: rows:chunk:warps:state_warps:stages:state_stages"
-                        "[:psplit[:whole_seq_programs]] (the FwdConfig fields in order)")
+                        "[:whole_seq_programs] (the FwdConfig fields in order)")
     args = parser.parse_args()
     if args.configs:
         CONFIGS[:] = [FwdConfig(*map(int, c.split(":"))) for c in args.configs.split(",")]

@@ -91,10 +91,9 @@ def _start_state(V: Tensor, DT: Tensor, Trap: Tensor, MIMO_V: Tensor,
 class FwdConfig:
     """Tiles of the forward: ``rows`` (tokens x padded rank) per chunk, ``chunk`` tokens
     per program (a super-chunk of whole chunks), and the warps and pipelining stages of
-    the output kernel and of the chunk-state kernel; ``psplit`` programs share a head's
-    headdim columns (not with the headwise norm, which needs whole rows). A program takes
-    a whole sequence when they fit in ``chunk`` tokens or when there are at least
-    ``whole_seq_programs`` (sequence, head) pairs to fill the GPU."""
+    the output kernel and of the chunk-state kernel. A program takes a whole sequence
+    when it fits in ``chunk`` tokens or when there are at least ``whole_seq_programs``
+    (sequence, head) pairs to fill the GPU."""
 
     rows: int = 64
     chunk: int = 512
@@ -102,7 +101,6 @@ class FwdConfig:
     state_warps: int = 4
     stages: int = 1
     state_stages: int = 2
-    psplit: int = 1
     # From this many (sequence, head) pairs on, a program takes a whole sequence.
     whole_seq_programs: int = 512
 
@@ -167,9 +165,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
         so.insert(2, 0)
     z = Z if Z is not None else V
     ieee = V.dtype == torch.float32
-    psplit = config.psplit if Norm_Weight is None else 1
-    bp = max(16, triton.next_power_of_2(triton.cdiv(headdim, psplit)))
-    psplit = triton.cdiv(headdim, bp)
+    bp = max(16, triton.next_power_of_2(headdim))
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
 
     def kernel(chunk_rows: int):
@@ -205,7 +201,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
             offsets = (angle0.contiguous() if angle0 is not None
                        else torch.zeros_like(fin_angle))
         elif sup.count:
-            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[(*grid, psplit)](
+            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[grid](
                 K, *K.stride(), kb, V, *V.stride(), mv, *gates, cos, sin, states, atot,
                 lay.chunks, sup.table, *dims, **blocks, num_warps=config.state_warps,
                 num_stages=config.state_stages)
@@ -219,7 +215,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
                 headdim, RB=rb, NH=bh, IS_VARLEN=varlen, HAS_START=start is not None,
                 HAS_ANGLE0=angle0 is not None, num_warps=4)
         if sup.count:
-            LAST_KERNELS["chunk_scan"] = _mimo_chunk_scan_kernel[(*grid, psplit)](
+            LAST_KERNELS["chunk_scan"] = _mimo_chunk_scan_kernel[grid](
                 Q, K, *Q.stride(), qb, kb, V, *V.stride(), mv, z, *z.stride(), *opt, out, *so,
                 *gates, cos, sin, offsets, states, lay.chunks, sup.table, chunk_ang, fin_ssm,
                 fin_angle, *dims, NORM_EPS, HAS_D=D is not None, HAS_Z=Z is not None,

@@ -156,12 +156,12 @@ def _mimo_chunk_state_kernel(
 ):
     """The state one super-chunk adds on its own, ``sum_s exp(A_end - A_s) w_s v_s k'_s^T``
     in its local rotary frame (P, [low | high]) float32, and its total decay; grid
-    (super-chunks, H, P / PB). KB (H, R, N) and MV (H, R, P) contiguous."""
+    (super-chunks, H). KB (H, R, N) and MV (H, R, P) contiguous."""
     g = tl.program_id(0)
     h = tl.program_id(1)
     grp = h // heads_per_group
     n = tl.arange(0, BH)
-    p = tl.program_id(2) * PB + tl.arange(0, PB)
+    p = tl.arange(0, PB)
     dty = V.dtype.element_ty
     s_lo = tl.zeros([PB, BH], dtype=tl.float32)
     s_hi = tl.zeros([PB, BH], dtype=tl.float32)
@@ -194,8 +194,7 @@ def _mimo_chunk_state_kernel(
     m = (p < headdim)[:, None] & (n < half)[None, :]
     tl.store(at, s_lo, mask=m)
     tl.store(at + half, s_hi, mask=m)
-    if tl.program_id(2) == 0:
-        tl.store(ATOT + sup, a_tot)
+    tl.store(ATOT + sup, a_tot)
 
 
 @triton.jit
@@ -213,17 +212,16 @@ def _mimo_chunk_scan_kernel(
     IEEE: tl.constexpr,
 ):
     """Output of one super-chunk of one head, its chunks in order with the running state
-    in registers (local rotary frame); grid (super-chunks, H, P / PB): a program takes PB
-    columns of the head (all of them with HAS_NORM, which normalises over P). Q and K
-    share strides; STATES/OFFSET hold the state and angle entering each super-chunk
-    (state passing). Without REDUCE_O the per-rank output (b, l, R, H, P) is written.
+    in registers (local rotary frame); grid (super-chunks, H). Q and K share strides;
+    STATES/OFFSET hold the state and angle entering each super-chunk (state passing).
+    Without REDUCE_O the per-rank output (b, l, R, H, P) is written.
     STORE_FINAL (each super-chunk a whole sequence, ``g`` the sequence): the state and
     angle after it (global frame) go to FIN_SSM and FIN_ANGLE (CHUNK_ANG: its increment)."""
     g = tl.program_id(0)
     h = tl.program_id(1)
     grp = h // heads_per_group
     n = tl.arange(0, BH)
-    p = tl.program_id(2) * PB + tl.arange(0, PB)
+    p = tl.arange(0, PB)
     p_ok = p < headdim
     dty = V.dtype.element_ty
     if HAS_D:
@@ -305,9 +303,8 @@ def _mimo_chunk_scan_kernel(
         fin_at = FIN_SSM + st_off
         tl.store(fin_at, s_lo * cos_c - s_hi * sin_c, mask=st_mask)
         tl.store(fin_at + half, s_lo * sin_c + s_hi * cos_c, mask=st_mask)
-        if tl.program_id(2) == 0:
-            inc = tl.load(CHUNK_ANG + sup * n_angles + n, mask=n < n_angles, other=0.0)
-            tl.store(FIN_ANGLE + sup * n_angles + n, _wrap(theta + inc), mask=n < n_angles)
+        inc = tl.load(CHUNK_ANG + sup * n_angles + n, mask=n < n_angles, other=0.0)
+        tl.store(FIN_ANGLE + sup * n_angles + n, _wrap(theta + inc), mask=n < n_angles)
 
 
 def kernel_blocks(rank: int, d_state: int, rows: int = 64) -> tuple[int, int, int]:

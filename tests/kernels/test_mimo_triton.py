@@ -115,9 +115,8 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("psplit", [1, 2], ids=["whole_heads", "split_headdim"])
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=str)
-def test_forward_matches_reference(case, psplit):
+def test_forward_matches_reference(case):
     (batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm, state, rows,
      chunk) = case
     x = make_inputs(batch, seqlen, rank, ngroups, nheads, d_state, headdim, n_angles, norm)
@@ -125,8 +124,7 @@ def test_forward_matches_reference(case, psplit):
     args = cast(x, torch.float32)
     init32 = cast(init, torch.float32) if init else None
     out, final = _forward(**args, initial_state=init32, return_state=True, cu=None,
-                          out_dtype=torch.float32,
-                          config=FwdConfig(rows=rows, chunk=chunk, psplit=psplit))
+                          out_dtype=torch.float32, config=FwdConfig(rows=rows, chunk=chunk))
     ref, ref_final = mamba3_mimo_scan_reference(**x, initial_state=init, return_final_state=True)
     assert rel_err(out, ref) < 1e-5
     angle, *rest = final
