@@ -150,7 +150,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     f32 = {"device": dev, "dtype": torch.float32}
     dummy = torch.empty(1, **f32)
     # The per-rank parameters in the activations' dtype when that is 16-bit (as the
-    # official kernels keep them): a chunk holds them per row, half the registers.
+    # official kernels keep them): half the registers of their tiles.
     pdt = V.dtype if V.dtype in (torch.float16, torch.bfloat16) else torch.float32
     qb, kb, mv = (t.to(pdt).contiguous() for t in (Q_bias, K_bias, MIMO_V))
     mz, mo = (t.to(pdt).contiguous() if t is not None else dummy for t in (MIMO_Z, MIMO_O))
@@ -169,6 +169,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
     gates = (ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride())
 
     def kernel(chunk_rows: int):
+        LAST_KERNELS.clear()  # the report names only this launch's kernels
         c, rp, bh = kernel_blocks(rank, d_state, chunk_rows)
         lay = _layout(batch, seqlen, c, cu, dev, allow_empty=True)
         cpp = max(1, min(config.chunk // c, lay.nchunks))
@@ -182,10 +183,7 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
         dims = (seqlen, lay.chunks_per_seq, sup.per_seq, nheads)
         cos = torch.empty(batch, nheads, seqlen, n_angles, device=dev, dtype=V.dtype)
         sin = torch.empty_like(cos)
-        states = torch.empty(sup.count, nheads, headdim, d_state, **f32)
-        atot = torch.empty(sup.count, nheads, **f32)
         chunk_ang = torch.empty(sup.count, nheads, n_angles, **f32)
-        offsets = torch.empty_like(chunk_ang)
         fin_ssm = torch.empty(lay.nseq, nheads, headdim, d_state, **f32)
         fin_angle = torch.empty(lay.nseq, nheads, n_angles, **f32)
         if sup.count:
@@ -196,16 +194,19 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
                 SAVE=False, C=c, CPP=cpp, IS_VARLEN=varlen, num_warps=4)
         dims = (*dims, nheads // ngroups, rank, half, n_angles, headdim)
         blocks = dict(C=c, RP=rp, BH=bh, PB=bp, CPP=cpp, IS_VARLEN=varlen, IEEE=ieee)
-        if single:
+        if single:  # the scan starts from the initial state and angle
             states = start if start is not None else torch.zeros_like(fin_ssm)
             offsets = (angle0.contiguous() if angle0 is not None
                        else torch.zeros_like(fin_angle))
-        elif sup.count:
-            LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[grid](
-                K, *K.stride(), kb, V, *V.stride(), mv, *gates, cos, sin, states, atot,
-                lay.chunks, sup.table, *dims, **blocks, num_warps=config.state_warps,
-                num_stages=config.state_stages)
-        if not single:
+        else:
+            states = torch.empty(sup.count, nheads, headdim, d_state, **f32)
+            atot = torch.empty(sup.count, nheads, **f32)
+            offsets = torch.empty_like(chunk_ang)
+            if sup.count:
+                LAST_KERNELS["chunk_state"] = _mimo_chunk_state_kernel[grid](
+                    K, *K.stride(), kb, V, *V.stride(), mv, *gates, cos, sin, states, atot,
+                    lay.chunks, sup.table, *dims, **blocks, num_warps=config.state_warps,
+                    num_stages=config.state_stages)
             rb = max(1, min(triton.next_power_of_2(headdim), STATE_BLOCK // (2 * bh)))
             LAST_KERNELS["state_pass"] = siso_fwd._state_passing_kernel[
                 (lay.nseq, nheads, triton.cdiv(headdim, rb))](
