@@ -221,7 +221,8 @@ def _forward(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Ten
                 *gates, cos, sin, offsets, states, lay.chunks, sup.table, chunk_ang, fin_ssm,
                 fin_angle, *dims, NORM_EPS, HAS_D=D is not None, HAS_Z=Z is not None,
                 HAS_NORM=Norm_Weight is not None, REDUCE_O=reduce_o, STORE_FINAL=single,
-                **blocks, num_warps=config.num_warps, num_stages=config.stages)
+                FAST=V.is_cuda and not ieee, **blocks, num_warps=config.num_warps,
+                num_stages=config.stages)
         return lay, fin_ssm, fin_angle
 
     lay, fin_ssm, fin_angle = _launch(kernel, config.rows)

@@ -20,10 +20,13 @@ and high halves of N, which is the layout of the SISO kernels' [even | odd] halv
    in-chunk part plus ``exp(A_t) q' S^T``, with bias, rotary, rank values, D, the
    headwise norm, the gate and the ``MIMO_O`` contraction fused.
 
-Every tile has one (rows, columns) shape: cos/sin are loaded per token and the per-rank
-parameters (biases, ``MIMO_V/Z/O``) once per program as (RP, columns) tables, then
-spread over the rows (``_per_token``, ``_per_rank``); gates, V and Z are loaded per row
-(a token's RP rows read the same addresses, from L1).
+Work that depends on the token only runs per token: the gates, cos/sin, V and Z are
+loaded as (C, columns) tiles, the decay weights are a (C, C) tile spread over the rank
+pairs (``_spread_square``), and per-(token, rank) values are (C, RP, columns) products
+of a token tile and a per-rank table (biases, ``MIMO_V/Z/O``, loaded in the loop: as
+loop invariants the compiler would keep copies of them in registers in every layout),
+reshaped to rows for the products (``_rows``). Every load of a chunk is issued before
+its products so that the latencies overlap.
 """
 
 from __future__ import annotations
@@ -58,90 +61,121 @@ def _chunk_weights(t, first, adt, w, gamma, valid):
 
 
 @triton.jit
-def _chunk_rows(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt,
-                TRAP, s_tb, s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank,
-                C: tl.constexpr, RP: tl.constexpr, CPP: tl.constexpr,
-                IS_VARLEN: tl.constexpr):
-    """Chunk ``j`` of super-chunk ``g`` for head ``h``, per row ``i = t * RP + r``: the batch
-    row (int64), first token, end, token and rank of each row, the row mask, the mask of
-    a token's first rank, and the gates ``adt, gamma, w`` (``_load_gates``) per row."""
+def _token_weights(adt, w, gamma):
+    """Per token of a chunk (C,): the cumulative decay, the chunk's total decay, and the
+    (C, C) weights ``w_s exp(acum_t - acum_s)`` for s < t, ``gamma_t`` for s = t. They
+    hold for every rank pair of the tokens (``_spread_square``)."""
+    C: tl.constexpr = adt.shape[0]
+    acum = tl.cumsum(adt, 0)
+    tt = tl.arange(0, C)
+    before = tt[None, :] < tt[:, None]
+    decay = tl.exp(tl.where(before, acum[:, None] - acum[None, :], 0.0))
+    weights = tl.where(before, decay * w[None, :],
+                       tl.where(tt[None, :] == tt[:, None], gamma[:, None], 0.0))
+    return acum, tl.sum(adt, 0), weights
+
+
+@triton.jit
+def _spread_rows(x, RP: tl.constexpr):
+    """(C,) per token -> (C * RP,): row ``t * RP + r`` holds token t's entry."""
+    C: tl.constexpr = x.shape[0]
+    return tl.reshape(tl.broadcast_to(x[:, None], (C, RP)), (C * RP,))
+
+
+@triton.jit
+def _spread_square(x, RP: tl.constexpr):
+    """(C, C) per token pair -> (C * RP, C * RP) per row pair."""
+    C: tl.constexpr = x.shape[0]
+    return tl.reshape(tl.broadcast_to(x[:, None, :, None], (C, RP, C, RP)), (C * RP, C * RP))
+
+
+@triton.jit
+def _chunk_tokens(g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt,
+                  TRAP, s_tb, s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq,
+                  C: tl.constexpr, CPP: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Chunk ``j`` of super-chunk ``g`` for head ``h``: the batch row (int64), its tokens
+    ``tt`` (C,), their end, and the gates ``adt, gamma, w`` per token (``_load_gates``;
+    zero past the end)."""
     row, start, end, seq_end, _, _ = _sub_chunk(
         g, j, CHUNKS, SUPER, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
-    i = tl.arange(0, C * RP)
-    t = i // RP
-    r = i % RP
-    tok = start + t
-    valid = (tok < end) & (r < rank)
     row64 = row.to(tl.int64)
+    tt = start + tl.arange(0, C)
     adt, _, _, gamma, w = _load_gates(
         ADT + row64 * s_ab + h * s_ah, s_at, DT + row64 * s_db + h * s_dh, s_dt,
-        TRAP + row64 * s_tb + h * s_th, s_tt, tok, valid, valid & (tok + 1 < seq_end))
-    return row64, start, end, t, r, tok, valid, valid & (r == 0), adt, gamma, w
+        TRAP + row64 * s_tb + h * s_th, s_tt, tt, tt < end, tt + 1 < seq_end)
+    return row64, tt, end, adt, gamma, w
 
 
 @triton.jit
-def _row_cos_sin(COS, SIN, cs_at, start, end, n, n_angles, C: tl.constexpr,
-                 RP: tl.constexpr):
-    """cos and sin (rows x BH, in COS's dtype) of the rows' tokens, loaded once per token;
-    COS/SIN point at one head's (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and
-    tokens past ``end``) get cos 1, sin 0."""
-    tt = start + tl.arange(0, C)
+def _token_cos_sin(COS, SIN, cs_at, tt, end, n, n_angles):
+    """cos and sin (C, BH) of the tokens ``tt`` (in COS's dtype); COS/SIN point at one
+    head's (l, A) rows at ``cs_at``; pairs past ``n_angles`` (and tokens past ``end``)
+    get cos 1, sin 0."""
     m = (tt < end)[:, None] & (n < n_angles)[None, :]
     at = cs_at + tt[:, None] * n_angles + n[None, :]
-    cos = tl.load(COS + at, mask=m, other=1.0)
-    sin = tl.load(SIN + at, mask=m, other=0.0)
-    return _per_token(cos, RP), _per_token(sin, RP)
-
-
-@triton.jit
-def _per_token(x, RP: tl.constexpr):
-    """(C, W) per token -> (C * RP, W): row ``t * RP + r`` holds token t's entry."""
-    C: tl.constexpr = x.shape[0]
-    W: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.broadcast_to(x[:, None, :], (C, RP, W)), (C * RP, W))
+    return tl.load(COS + at, mask=m, other=1.0), tl.load(SIN + at, mask=m, other=0.0)
 
 
 @triton.jit
 def _rank_table(X, rank, row_stride, cols, col_ok, RP: tl.constexpr):
     """A head's per-rank parameters as an (RP, W) tile (padded ranks zero); X points at
-    the head's rank 0, ``cols`` are the W columns. Loaded once per program and spread
-    over a chunk's rows by ``_per_rank``: per-row loads would keep (rows x W) addresses
-    live through the loop."""
+    the head's rank 0, ``cols`` are the W columns. Loaded once per program; the chunk
+    loop combines it with per-token tiles as (C, RP, W) products, so no (rows x W)
+    copy of it lives through the loop."""
     rr = tl.arange(0, RP)
     return tl.load(X + rr[:, None] * row_stride + cols[None, :],
                    mask=(rr < rank)[:, None] & col_ok[None, :], other=0.0)
 
 
 @triton.jit
-def _per_rank(x, C: tl.constexpr):
-    """(RP, W) per rank -> (C * RP, W): row ``t * RP + r`` holds rank r's entry."""
-    RP: tl.constexpr = x.shape[0]
-    W: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.broadcast_to(x[None, :, :], (C, RP, W)), (C * RP, W))
+def _rows(x):
+    """(C, RP, W) -> (C * RP, W): row ``t * RP + r``."""
+    return tl.reshape(x, (x.shape[0] * x.shape[1], x.shape[2]))
 
 
 @triton.jit
-def _rotated_rows(X, s_xt, s_xr, s_xn, b_lo, b_hi, cos, sin, tok, r, valid, n, half):
-    """Low and high halves (rows x BH) of ``rot(X + bias)`` for the rows (token ``tok``,
-    rank ``r``); X points at the batch row and group, ``b_lo``/``b_hi`` are the bias
-    halves per row. Rows outside ``valid`` hold the rotated bias (their weights and
-    coefficients are zero). The arithmetic runs in the activations' dtype (X, bias and
-    cos/sin all hold it): 16-bit tiles take half the registers of float32 ones, and the
-    result is rounded to it for the products anyway."""
-    m = valid[:, None] & (n < half)[None, :]
-    at = X + tok[:, None] * s_xt + r[:, None] * s_xr + n[None, :] * s_xn
-    lo = tl.load(at, mask=m, other=0.0) + b_lo
-    hi = tl.load(at + half * s_xn, mask=m, other=0.0) + b_hi
-    return lo * cos - hi * sin, lo * sin + hi * cos
+def _rotated_ranks(X, s_xt, s_xr, s_xn, b_lo, b_hi, cos, sin, tt, end, rank, n, half):
+    """Low and high halves (C * RP rows, BH) of ``rot(X + bias)`` for the tokens ``tt``
+    and every rank; X points at the batch row and group, ``b_lo``/``b_hi`` are the bias
+    halves (RP, BH), cos/sin (C, BH). Tokens past ``end`` hold the rotated bias (their
+    weights and coefficients are zero); padded ranks are zero. The arithmetic runs in
+    the activations' dtype (X, bias and cos/sin all hold it): 16-bit tiles take half
+    the registers of float32 ones, and the result is rounded to it for the products."""
+    rr = tl.arange(0, b_lo.shape[0])
+    m = (tt < end)[:, None, None] & (rr < rank)[None, :, None] & (n < half)[None, None, :]
+    at = X + tt[:, None, None] * s_xt + rr[None, :, None] * s_xr + n[None, None, :] * s_xn
+    lo = tl.load(at, mask=m, other=0.0) + b_lo[None, :, :]
+    hi = tl.load(at + half * s_xn, mask=m, other=0.0) + b_hi[None, :, :]
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    return _rows(lo * c - hi * s), _rows(lo * s + hi * c)
 
 
 @triton.jit
-def _rank_values(V, s_vt, s_vp, mx, tok, valid, p, headdim):
-    """``V_t * MIMO_X[r]`` (rows x PB, float32) for the rows; V points at the batch row
-    and head, ``mx`` holds the parameters per row."""
-    m = valid[:, None] & (p < headdim)[None, :]
-    v = tl.load(V + tok[:, None] * s_vt + p[None, :] * s_vp, mask=m, other=0.0)
-    return v.to(tl.float32) * mx.to(tl.float32)
+def _token_rows(V, s_vt, s_vp, tt, end, p, headdim):
+    """The (C, PB) rows of V for the tokens ``tt`` (zero past ``end``); V points at the
+    batch row and head."""
+    m = (tt < end)[:, None] & (p < headdim)[None, :]
+    return tl.load(V + tt[:, None] * s_vt + p[None, :] * s_vp, mask=m, other=0.0)
+
+
+@triton.jit
+def _rank_values(v, mx):
+    """``V_t * MIMO_X[r]`` (C, RP, PB) float32 from the tokens' rows ``v`` (C, PB) and the
+    parameters ``mx`` (RP, PB) (padded ranks zero)."""
+    return v.to(tl.float32)[:, None, :] * mx.to(tl.float32)[None, :, :]
+
+
+@triton.jit
+def _silu(x, FAST: tl.constexpr):
+    """``x * sigmoid(x)``; FAST through the hardware tanh (relative error ~5e-4, below the
+    16-bit output's rounding): ``sigmoid(x) = (1 + tanh(x / 2)) / 2``."""
+    if FAST:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [0.5 * x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        return x * (0.5 * t + 0.5)
+    else:
+        return x * tl.sigmoid(x)
 
 
 @triton.jit
@@ -171,23 +205,21 @@ def _mimo_chunk_state_kernel(
     kb_hi = _rank_table(kb + half, rank, 2 * half, n, n < half, RP)
     mv = _rank_table(MV + h * rank * headdim, rank, headdim, p, p < headdim, RP)
     for j in range(CPP):
-        row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
+        row64, tt, end, adt, gamma, w = _chunk_tokens(
             g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
-            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank, C, RP, CPP, IS_VARLEN)
-        adt_first = tl.where(first, adt, 0.0)
-        a_end = tl.sum(adt_first, 0)
-        coef = tl.where(valid, tl.exp(a_end - tl.cumsum(adt_first, 0)) * w, 0.0)
-        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, start,
-                                end, n, n_angles, C, RP)
-        k_lo, k_hi = _rotated_rows(K + row64 * s_kb + grp * s_kg, s_kt, s_kr, s_kn,
-                                   _per_rank(kb_lo, C), _per_rank(kb_hi, C), cos, sin, tok, r,
-                                   valid, n, half)
-        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, _per_rank(mv, C), tok, valid,
-                         p, headdim)
-        vs = tl.trans((v * coef[:, None]).to(dty))
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+        a_end = tl.sum(adt, 0)
+        coef = tl.exp(a_end - tl.cumsum(adt, 0)) * w
+        cos, sin = _token_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tt, end,
+                                  n, n_angles)
+        k_lo, k_hi = _rotated_ranks(K + row64 * s_kb + grp * s_kg, s_kt, s_kr, s_kn, kb_lo,
+                                    kb_hi, cos, sin, tt, end, rank, n, half)
+        v = _token_rows(V + row64 * s_vb + h * s_vh, s_vt, s_vp, tt, end, p, headdim)
+        v = _rows(_rank_values(v, mv) * coef[:, None, None])
+        vs = tl.trans(v.to(dty))
         decay = tl.exp(a_end)
-        s_lo = s_lo * decay + _dot(vs, k_lo.to(dty), IEEE)
-        s_hi = s_hi * decay + _dot(vs, k_hi.to(dty), IEEE)
+        s_lo = _dot(vs, k_lo.to(dty), IEEE, s_lo * decay)
+        s_hi = _dot(vs, k_hi.to(dty), IEEE, s_hi * decay)
         a_tot += a_end
     sup = g * nheads + h
     at = STATES + sup.to(tl.int64) * headdim * 2 * half + p[:, None] * 2 * half + n[None, :]
@@ -209,7 +241,7 @@ def _mimo_chunk_scan_kernel(
     C: tl.constexpr, RP: tl.constexpr, BH: tl.constexpr, PB: tl.constexpr,
     CPP: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_NORM: tl.constexpr, REDUCE_O: tl.constexpr, STORE_FINAL: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, FAST: tl.constexpr,
 ):
     """Output of one super-chunk of one head, its chunks in order with the running state
     in registers (local rotary frame); grid (super-chunks, H). Q and K share strides;
@@ -241,64 +273,68 @@ def _mimo_chunk_scan_kernel(
 
     qb = QB + h * rank * 2 * half
     kb = KB + h * rank * 2 * half
-    qb_lo = _rank_table(qb, rank, 2 * half, n, n < half, RP)
-    qb_hi = _rank_table(qb + half, rank, 2 * half, n, n < half, RP)
-    kb_lo = _rank_table(kb, rank, 2 * half, n, n < half, RP)
-    kb_hi = _rank_table(kb + half, rank, 2 * half, n, n < half, RP)
-    mv = _rank_table(MV + h * rank * headdim, rank, headdim, p, p_ok, RP)
-    if HAS_Z:
-        mz = _rank_table(MZ + h * rank * headdim, rank, headdim, p, p_ok, RP)
-    if REDUCE_O:
-        mo = _rank_table(MO + h * rank * headdim, rank, headdim, p, p_ok, RP)
     for j in range(CPP):
-        row64, start, end, t, r, tok, valid, first, adt, gamma, w = _chunk_rows(
+        qb_lo = _rank_table(qb, rank, 2 * half, n, n < half, RP)
+        qb_hi = _rank_table(qb + half, rank, 2 * half, n, n < half, RP)
+        kb_lo = _rank_table(kb, rank, 2 * half, n, n < half, RP)
+        kb_hi = _rank_table(kb + half, rank, 2 * half, n, n < half, RP)
+        mv = _rank_table(MV + h * rank * headdim, rank, headdim, p, p_ok, RP)
+        if HAS_Z:
+            mz = _rank_table(MZ + h * rank * headdim, rank, headdim, p, p_ok, RP)
+        if REDUCE_O:
+            mo = _rank_table(MO + h * rank * headdim, rank, headdim, p, p_ok, RP)
+        row64, tt, end, adt, gamma, w = _chunk_tokens(
             g, j, h, CHUNKS, SUPER, ADT, s_ab, s_ah, s_at, DT, s_db, s_dh, s_dt, TRAP, s_tb,
-            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, rank, C, RP, CPP, IS_VARLEN)
-        acum, a_end, weights, _, _ = _chunk_weights(t, first, adt, w, gamma, valid)
-        cos, sin = _row_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, start,
-                                end, n, n_angles, C, RP)
+            s_th, s_tt, seqlen, chunks_per_seq, supers_per_seq, C, CPP, IS_VARLEN)
+        cos, sin = _token_cos_sin(COS, SIN, (row64 * nheads + h) * seqlen * n_angles, tt, end,
+                                  n, n_angles)
+        # Every load of the chunk first, so their latencies overlap.
+        v_tok = _token_rows(V + row64 * s_vb + h * s_vh, s_vt, s_vp, tt, end, p, headdim)
+        if HAS_Z:
+            z_tok = _token_rows(Z + row64 * s_zb + h * s_zh, s_zt, s_zp, tt, end, p, headdim)
         x_at = row64 * s_qb + grp * s_qg
-        q_lo, q_hi = _rotated_rows(Q + x_at, s_qt, s_qr, s_qn, _per_rank(qb_lo, C),
-                                   _per_rank(qb_hi, C), cos, sin, tok, r, valid, n, half)
-        k_lo, k_hi = _rotated_rows(K + x_at, s_qt, s_qr, s_qn, _per_rank(kb_lo, C),
-                                   _per_rank(kb_hi, C), cos, sin, tok, r, valid, n, half)
+        q_lo, q_hi = _rotated_ranks(Q + x_at, s_qt, s_qr, s_qn, qb_lo, qb_hi, cos, sin, tt,
+                                    end, rank, n, half)
+        k_lo, k_hi = _rotated_ranks(K + x_at, s_qt, s_qr, s_qn, kb_lo, kb_hi, cos, sin, tt,
+                                    end, rank, n, half)
         q_lo, q_hi, k_lo, k_hi = q_lo.to(dty), q_hi.to(dty), k_lo.to(dty), k_hi.to(dty)
-        v = _rank_values(V + row64 * s_vb + h * s_vh, s_vt, s_vp, _per_rank(mv, C), tok, valid,
-                         p, headdim)
-        v_op = v.to(dty)
+        # The entering state's part first, while q is live anyway.
+        y = _dot(q_lo, tl.trans(s_lo.to(dty)), IEEE)
+        y = _dot(q_hi, tl.trans(s_hi.to(dty)), IEEE, y)
+        acum, a_end, weights = _token_weights(adt, w, gamma)
+        y *= _spread_rows(tl.exp(acum), RP)[:, None]
+        scores = _dot(q_lo, tl.trans(k_lo), IEEE)
+        scores = _dot(q_hi, tl.trans(k_hi), IEEE, scores)
+        v = _rank_values(v_tok, mv)
+        y = _dot((scores * _spread_square(weights, RP)).to(dty), _rows(v).to(dty), IEEE, y)
 
-        scores = _dot(q_lo, tl.trans(k_lo), IEEE) + _dot(q_hi, tl.trans(k_hi), IEEE)
-        y = _dot((scores * weights).to(dty), v_op, IEEE)
-        y_state = (_dot(q_lo, tl.trans(s_lo.to(dty)), IEEE)
-                   + _dot(q_hi, tl.trans(s_hi.to(dty)), IEEE))
-        y += y_state * tl.exp(acum)[:, None]
-
-        # The state entering the next chunk.
-        coef = tl.where(valid, tl.exp(a_end - acum) * w, 0.0)
-        vs = tl.trans((v * coef[:, None]).to(dty))
+        # The state entering the next chunk (w is zero past the chunk's end).
+        coef = tl.exp(a_end - acum) * w
+        vs = tl.trans(_rows(v * coef[:, None, None]).to(dty))
         decay = tl.exp(a_end)
-        s_lo = s_lo * decay + _dot(vs, k_lo, IEEE)
-        s_hi = s_hi * decay + _dot(vs, k_hi, IEEE)
+        s_lo = _dot(vs, k_lo, IEEE, s_lo * decay)
+        s_hi = _dot(vs, k_hi, IEEE, s_hi * decay)
 
         if HAS_D:
-            y += d_skip * v
+            y += d_skip * _rows(v)
+        y = tl.reshape(y, (C, RP, PB))
         if HAS_NORM:
             norm_w = tl.load(NW + h * headdim + p, mask=p_ok, other=0.0).to(tl.float32)
-            y = y * tl.rsqrt(tl.sum(y * y, 1) / headdim + eps)[:, None] * norm_w[None, :]
+            y = y * tl.rsqrt(tl.sum(y * y, 2) / headdim + eps)[:, :, None] * norm_w[None, None, :]
         if HAS_Z:
-            zr = _rank_values(Z + row64 * s_zb + h * s_zh, s_zt, s_zp, _per_rank(mz, C), tok,
-                              valid, p, headdim)
-            y = y * zr * tl.sigmoid(zr)
+            zr = _rank_values(z_tok, mz)
+            y = y * _silu(zr, FAST)
         o_at = OUT + row64 * s_ob + h * s_oh
         if REDUCE_O:
-            y *= _per_rank(mo, C).to(tl.float32)
-            o = tl.sum(tl.reshape(y, (C, RP, PB)), 1)
-            tt = start + tl.arange(0, C)
+            o = tl.sum(y * mo.to(tl.float32)[None, :, :], 1)
             tl.store(o_at + tt[:, None] * s_ot + p[None, :] * s_op, o.to(OUT.dtype.element_ty),
                      mask=(tt < end)[:, None] & p_ok[None, :])
         else:
-            tl.store(o_at + tok[:, None] * s_ot + r[:, None] * s_or + p[None, :] * s_op,
-                     y.to(OUT.dtype.element_ty), mask=valid[:, None] & p_ok[None, :])
+            rr = tl.arange(0, RP)
+            tl.store(o_at + tt[:, None, None] * s_ot + rr[None, :, None] * s_or
+                     + p[None, None, :] * s_op, y.to(OUT.dtype.element_ty),
+                     mask=(tt < end)[:, None, None] & (rr < rank)[None, :, None]
+                     & p_ok[None, None, :])
     if STORE_FINAL:  # back to the global frame: R(theta) per pair
         fin_at = FIN_SSM + st_off
         tl.store(fin_at, s_lo * cos_c - s_hi * sin_c, mask=st_mask)
