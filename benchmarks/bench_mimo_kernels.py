@@ -6,17 +6,23 @@ is checked on the GPU against the PyTorch reference (float32 and bf16, with init
 final states, a length off the chunk, packed sequences, prefill then a decode step).
 Then the prefill forward at (batch, seqlen) = (1, 16384) and (8, 4096) over the tile
 variants (with a per-kernel breakdown of the default), and the decode step at batch 1
-and 128 next to our SISO step. With ``--official DIR`` (a folder holding ``mamba_ssm``
-and TileLang) the official TileLang prefill runs beside ours. Writes a table,
-``mimo_kernels.json`` and ``mimo_kernels.png``.
+and 128 next to our SISO step, timed two ways: a CUDA graph holding one step (replayed,
+so each step pays a graph launch) and a graph of 20 consecutive steps (time / 20: the
+step inside a whole-model graph). ``--step-baseline FILE`` times the step of another
+module file (e.g. the kernel before a change) in the same run. With ``--official DIR`` (a
+folder holding ``mamba_ssm`` and TileLang) the official TileLang prefill runs beside
+ours. Writes a table, ``mimo_kernels.json`` and ``mimo_kernels.png`` (``--step-only``:
+``mimo_step.json`` and ``mimo_step.png``).
 
     python benchmarks/bench_mimo_kernels.py --out benchmarks/results
+    python benchmarks/bench_mimo_kernels.py --step-only --step-baseline OLD_STEP.py
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import sys
@@ -52,9 +58,18 @@ CONFIGS = [  # prefill: rows per chunk, tokens per program, warps and stages (sc
     FwdConfig(rows=32, chunk=512),
     FwdConfig(rows=64, chunk=512, whole_seq_programs=1 << 30),  # never whole sequences
 ]
-# step (rows per program, warps, register cap: None the default of STEP_CONFIG, 0 none);
-# (64, 4, None) is the default at every batch
-STEP_VARIANTS = [(16, 4, None), (32, 4, None), (64, 4, 0), (64, 4, None), (64, 8, 0)]
+# step variants: a name and the settings of ``mamba3_mimo_step_triton`` (those not given
+# come from its STEP_CONFIG: rows 64 and 4 warps at every batch, every load first up to
+# batch 16, a cap of 128 registers above it)
+STEP_VARIANTS = [
+    ("default", {}),
+    ("late", dict(early=False)),  # B=1 with the large-batch load order
+    ("w8", dict(num_warps=8)),
+    ("p32", dict(pblk=32)),
+    ("tma", dict(tma=True)),
+    ("nocap", dict(maxnreg=0)),
+]
+STEP_GRAPH = 20  # steps in the many-steps CUDA graph
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk
 
 
@@ -72,22 +87,6 @@ def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
-
-
-def graph_time(fn, steps: int = 100, reps: int = 10) -> float:
-    """Median milliseconds per call of ``fn`` replayed from a CUDA graph of ``steps`` calls
-    (the kernel time without Python and launch overhead)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(steps):
-            fn()
-    return cuda_time(graph.replay, reps=reps) / steps
 
 
 def prefill_inputs(batch: int, seqlen: int) -> dict:
@@ -230,25 +229,52 @@ def check_prefill() -> list[dict]:
     return rows
 
 
-def check_step() -> list[dict]:
-    """Every step variant against the reference step (float32, bf16 activations)."""
+def load_step(path: str):
+    """``mamba3_mimo_step_triton`` and ``LAST_KERNELS`` of the module file ``path`` (the
+    step kernel of another version, timed in the same run)."""
+    spec = importlib.util.spec_from_file_location("mimo_step_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mamba3_mimo_step_triton, module.LAST_KERNELS
+
+
+def step_runs(baseline: str | None) -> list[tuple[str, object, dict]]:
+    """(name, step function, LAST_KERNELS) of every MIMO step variant to check and time:
+    ours, then the baseline module's default."""
+    runs = [(f"mimo {name}", functools.partial(mamba3_mimo_step_triton, **kw),
+             mamba3_mimo_triton_step.LAST_KERNELS) for name, kw in STEP_VARIANTS]
+    if baseline:
+        try:
+            step, kernels = load_step(baseline)
+            runs.append(("mimo baseline", step, kernels))
+        except Exception as exc:  # a baseline that does not import: time the others
+            print(f"step baseline {baseline} unavailable: {type(exc).__name__}: {exc}")
+    return runs
+
+
+def check_step(baseline: str | None = None) -> list[dict]:
+    """Every step variant against the reference step: bf16 activations at batch 4 (every
+    load first) and 20 (the large-batch settings), the default also with float32 ones."""
     rows = []
-    for dtype in (torch.float32, LOW):
-        x, state = decode_inputs(4, R)
+    runs = step_runs(baseline)
+    for dtype, batch in ((torch.float32, 4), (LOW, 4), (LOW, 20)):
+        x, state = decode_inputs(batch, R)
         x = {k: v.to(dtype) if v.dtype == DTYPE else v for k, v in x.items()}
         state = (torch.rand_like(state[0]) * 6, torch.randn_like(state[1]) * 0.1,
                  torch.randn_like(state[2], dtype=torch.float32).to(dtype),
                  torch.randn_like(state[3], dtype=torch.float32).to(dtype))
         ref_y, ref_state = mamba3_mimo_step_reference(
             **{k: v.float() for k, v in x.items()}, state=tuple(s.float() for s in state))
-        for pblk, warps, maxnreg in STEP_VARIANTS:
+        for name, step, _ in runs[:1] if dtype == torch.float32 else runs:
             live = tuple(s.clone() for s in state)
-            y, new = mamba3_mimo_step_triton(**x, state=live, inplace=True, num_warps=warps,
-                                             pblk=pblk, maxnreg=maxnreg)
-            rows.append(dict(check="step", dtype=str(dtype),
-                             config=f"p{pblk} w{warps}{'' if maxnreg is None else f' r{maxnreg}'}",
-                             out=rel_err(y, ref_y), final=final_errs(new, ref_state)))
-            print(rows[-1], flush=True)
+            row = dict(check="step", dtype=str(dtype), config=f"{name} B={batch}")
+            try:
+                y, new = step(**x, state=live, inplace=True)
+                row.update(out=rel_err(y, ref_y), final=final_errs(new, ref_state))
+            except Exception as exc:  # e.g. a variant that does not compile here
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 
@@ -393,30 +419,51 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
     return x, state
 
 
-def bench_decode() -> list[dict]:
+def graph_of(fn, steps: int) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``steps`` calls of ``fn`` (warmed up on a side stream first)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            fn()
+    return graph
+
+
+def bench_decode(baseline: str | None = None) -> list[dict]:
+    """Every step variant (and the SISO step) at each batch of DECODE: microseconds per
+    step in a graph of one step (replayed) and in a graph of STEP_GRAPH steps."""
     rows = []
+    runs = [(name, R, step, kernels) for name, step, kernels in step_runs(baseline)]
+    runs.append(("siso", None, mamba3_step, {}))
     for batch in DECODE:
-        steps = [(f"mimo_r{R}_p{pb}_w{w}{'' if m is None else f'_r{m}'}", R,
-                  functools.partial(mamba3_mimo_step_triton, num_warps=w, pblk=pb, maxnreg=m))
-                 for pb, w, m in STEP_VARIANTS]
-        steps.append(("siso", None, mamba3_step))
-        for name, rank, step in steps:
+        for name, rank, step, kernels in runs:
             x, state = decode_inputs(batch, rank)
             run = functools.partial(step, **x, state=state, inplace=True)
             try:
-                eager = cuda_time(run, reps=100) * 1e3
-                graph = graph_time(run) * 1e3
-            except Exception as exc:
-                print(f"{name} step failed at batch {batch}: {type(exc).__name__}: {exc}")
+                run()
+                res = resources(kernels).get("step", "")
+                one = cuda_time(graph_of(run, 1).replay, reps=50) * 1e3
+                many = cuda_time(graph_of(run, STEP_GRAPH).replay, reps=10) * 1e3 / STEP_GRAPH
+            except Exception as exc:  # a variant that fails here must not stop the others
+                print(f"{name} step failed at batch {batch}: {type(exc).__name__}: {exc}"[:400])
                 continue
             state_bytes = sum(s.numel() * s.element_size() for s in state)
-            res = (resources(mamba3_mimo_triton_step.LAST_KERNELS).get("step", "")
-                   if rank is not None else "")
-            rows.append(dict(kernel=name, batch=batch, eager_us=eager, graph_us=graph,
-                             resources=res,
-                             state_gb_per_s=2 * state_bytes / graph / 1e3,
+            rows.append(dict(kernel=name, batch=batch, graph1_us=one, graph_us=many,
+                             resources=res, state_gb_per_s=2 * state_bytes / many / 1e3,
                              bound_us_at_3tbps=2 * state_bytes / 3.0e6))
             print(rows[-1], flush=True)
+            del x, state
+        torch.cuda.empty_cache()
+    for r in rows:  # MIMO / SISO in the same run
+        siso = next((s for s in rows if s["kernel"] == "siso" and s["batch"] == r["batch"]), None)
+        if siso:
+            r["vs_siso"] = r["graph_us"] / siso["graph_us"]
+            r["vs_siso_graph1"] = r["graph1_us"] / siso["graph1_us"]
     return rows
 
 
@@ -444,25 +491,50 @@ def plot(prefill: list[dict], decode: list[dict], path: Path) -> None:
     )
     ax1.set_ylabel("prefill forward, M tokens/s")
     ax1.legend()
-    names = sorted({r["kernel"] for r in decode})
-    batches = sorted({r["batch"] for r in decode})
-    width = 0.8 / max(1, len(names))
-    for j, name in enumerate(names):
-        vals = [
-            next(
-                (r["graph_us"] for r in decode if r["kernel"] == name and r["batch"] == b), math.nan
-            )
-            for b in batches
-        ]
-        ax2.bar([i + j * width for i in range(len(batches))], vals, width, label=name)
-    ax2.set_xticks(
-        [i + width * (len(names) - 1) / 2 for i in range(len(batches))], [f"B={b}" for b in batches]
-    )
-    ax2.set_ylabel("decode step, µs (CUDA graph)")
-    ax2.legend()
+    decode_bars(ax2, decode)
     fig.suptitle(
         f"Mamba-3 MIMO kernels, H={H} P={P} N={N} R={R} bf16, {torch.cuda.get_device_name()}"
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def decode_bars(ax, decode: list[dict]) -> None:
+    """Step time per variant and batch over the SISO step's in the same graph mode (graph
+    of STEP_GRAPH steps; the one-step graph as outlines), microseconds on the bars, and
+    the target ratio 1.3."""
+    names = list(dict.fromkeys(r["kernel"] for r in decode))
+    batches = sorted({r["batch"] for r in decode})
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        rows = [next((r for r in decode if r["kernel"] == name and r["batch"] == b), {})
+                for b in batches]
+        xs = [i + j * width for i in range(len(batches))]
+        ax.bar(xs, [r.get("vs_siso", math.nan) for r in rows], width, label=name, color=f"C{j}")
+        ax.bar(xs, [r.get("vs_siso_graph1", math.nan) for r in rows], width, fill=False,
+               edgecolor=f"C{j}", linestyle="--")
+        for x, r in zip(xs, rows, strict=True):
+            if "graph_us" in r:
+                ax.text(x, 0.02, f"{r['graph_us']:.1f}", rotation=90, ha="center",
+                        va="bottom", fontsize=6)
+    ax.axhline(1.3, color="k", linestyle=":", linewidth=1, label="target 1.3")
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(batches))],
+                  [f"B={b}" for b in batches])
+    ax.set_ylabel(f"step time / SISO step (graph of {STEP_GRAPH}; dashed: of 1)")
+    ax.legend(fontsize=7)
+
+
+def plot_step(decode: list[dict], path: Path) -> None:
+    """The decode step chart alone (``--step-only``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    decode_bars(ax, decode)
+    ax.set_title(f"Mamba-3 MIMO step, H={H} P={P} N={N} R={R} bf16, "
+                 f"{torch.cuda.get_device_name()}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -486,12 +558,16 @@ def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
     for shape, times in breakdown.items():
         print(f"  per kernel, {label(CONFIGS[0])}, {shape}: "
               + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
-    print(f"\ndecode step (CUDA graph per step; bound: state in + out at 3 TB/s)\n"
-          f"  {'kernel':16} {'B':>4} {'eager us':>9} {'graph us':>9} {'bound us':>9} "
-          f"{'GB/s':>7}")
+    print(f"\ndecode step, us per step: a CUDA graph of one step (replayed) and of "
+          f"{STEP_GRAPH} steps (/ {STEP_GRAPH}); x SISO = over the SISO step of the same "
+          f"batch and graph; bound: state in + out at 3 TB/s\n"
+          f"  {'kernel':16} {'B':>4} {'graph1':>8} {'x SISO':>7} {f'graph{STEP_GRAPH}':>8} "
+          f"{'x SISO':>7} {'bound':>6} {'GB/s':>6}")
     for r in decode:
-        print(f"  {r['kernel']:16} {r['batch']:4d} {r['eager_us']:9.1f} {r['graph_us']:9.1f} "
-              f"{r['bound_us_at_3tbps']:9.1f} {r['state_gb_per_s']:7.0f}  {r['resources']}")
+        print(f"  {r['kernel']:16} {r['batch']:4d} {r['graph1_us']:8.2f} "
+              f"{r.get('vs_siso_graph1', math.nan):7.2f} {r['graph_us']:8.2f} "
+              f"{r.get('vs_siso', math.nan):7.2f} {r['bound_us_at_3tbps']:6.1f} "
+              f"{r['state_gb_per_s']:6.0f}  {r['resources']}")
 
 
 def main() -> None:
@@ -504,6 +580,9 @@ def main() -> None:
     parser.add_argument("--prefill-only", action="store_true",
                         help="the prefill checks and timings only (results in "
                              "mimo_prefill.json)")
+    parser.add_argument("--step-baseline", metavar="FILE",
+                        help="a module file with mamba3_mimo_step_triton (e.g. the step "
+                        "kernel before a change): checked and timed beside ours")
     parser.add_argument("--configs", help="prefill variants instead of CONFIGS, comma-"
                         "separated: rows:chunk:warps:state_warps:stages:state_stages"
                         "[:whole_seq_programs] (the FwdConfig fields in order)")
@@ -512,9 +591,9 @@ def main() -> None:
         CONFIGS[:] = [FwdConfig(*map(int, c.split(":"))) for c in args.configs.split(",")]
     torch.manual_seed(0)
     t0 = time.time()
-    checks = check_prefill() + ([] if args.prefill_only else check_step())
+    checks = check_prefill() + ([] if args.prefill_only else check_step(args.step_baseline))
     prefill, breakdown = ([], {}) if args.step_only else bench_prefill(args.official)
-    decode = [] if args.prefill_only else bench_decode()
+    decode = [] if args.prefill_only else bench_decode(args.step_baseline)
     summary(checks, prefill, breakdown, decode)
     print(f"\ntotal {time.time() - t0:.0f} s")
     partial = "mimo_step.json" if args.step_only else "mimo_prefill.json"
@@ -523,6 +602,8 @@ def main() -> None:
         (args.out / partial).write_text(json.dumps(
             dict(checks=checks, prefill=prefill, kernels=breakdown, decode=decode),
             indent=2) + "\n")
+        if args.step_only and decode:
+            plot_step(decode, args.out / "mimo_step.png")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(

@@ -37,6 +37,7 @@ from mamba3_integrations.kernels.mamba3_mimo_triton import (  # noqa: E402
 from mamba3_integrations.kernels.mamba3_mimo_triton_step import (  # noqa: E402
     arrival_counters,
     mamba3_mimo_step_triton,
+    step_tma,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -201,21 +202,126 @@ STEP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("pblk", [16, 64], ids=["p16", "p64"])  # split heads, whole heads
-@pytest.mark.parametrize("case", STEP_CASES, ids=str)
-def test_step_matches_reference(case, pblk):
+# Step kernel settings: tensor-core products (``tl.dot``) with every load first (the
+# small-batch form) or the epilogue's loads where used (the large-batch form), and the
+# outer-product form that float32 inputs take on CUDA.
+STEP_VARIANTS = {"dot": dict(fma=False, early=True), "dot_late": dict(fma=False, early=False),
+                 "fma": dict(fma=True, early=True)}
+
+
+def check_step(case: tuple, inplace: bool, **options) -> None:
+    """One step of ``case`` (a STEP_CASES row) against the float64 reference: output, new
+    state (in place: the same tensors; otherwise new ones and the input state untouched),
+    arrival counters left at zero."""
     batch, rank, ngroups, nheads, d_state, headdim, n_angles, norm = case
     x = make_inputs(batch, 1, rank, ngroups, nheads, d_state, headdim, n_angles, norm, step=True)
     state = make_state(batch, rank, nheads, d_state, headdim, n_angles)
     ref_y, ref_state = mamba3_mimo_step_reference(**x, state=state)
     live = cast(state, torch.float32)
-    y, new = mamba3_mimo_step_triton(**cast(x, torch.float32), state=live, inplace=True,
-                                     pblk=pblk)
-    assert all(a is b for a, b in zip(new, live, strict=True))
+    before = tuple(s.clone() for s in live)
+    y, new = mamba3_mimo_step_triton(**cast(x, torch.float32), state=live, inplace=inplace,
+                                     **options)
+    assert all((a is b) == inplace for a, b in zip(new, live, strict=True))
+    if not inplace:
+        assert all(torch.equal(a, b) for a, b in zip(live, before, strict=True))
     assert not arrival_counters(live[1].device, 1).any()  # left at zero
     assert rel_err(y, ref_y) < 1e-5
     for ours, theirs in zip(new, ref_state, strict=True):
         assert rel_err(ours, theirs) < 1e-5
+
+
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "new_state"])
+@pytest.mark.parametrize("variant", list(STEP_VARIANTS))
+@pytest.mark.parametrize("pblk", [16, 64], ids=["p16", "p64"])  # split heads, whole heads
+@pytest.mark.parametrize("case", STEP_CASES, ids=str)
+def test_step_matches_reference(case, pblk, variant, inplace):
+    check_step(case, inplace, pblk=pblk, **STEP_VARIANTS[variant])
+
+
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "new_state"])
+@pytest.mark.parametrize("pblk", [16, 32], ids=["p16", "p32"])
+@pytest.mark.parametrize("d_state", [32, 20])  # whole tile; tile clipped by the descriptor
+def test_step_tma_matches_reference(d_state, pblk, inplace):
+    """The state tile by tensor descriptors (Hopper's TMA; the interpreter when asked):
+    two programs per head (in place: the arrival counter) or one, 4 heads in 2 groups."""
+    case = (3, 2, 2, 4, d_state, 32, d_state // 4, False)
+    shape = (3, 4, 32, d_state)
+    ssm = torch.zeros(shape, device=DEVICE)
+    if torch.cuda.is_available() and not step_tma((ssm,), 32, pblk, 3, True):
+        pytest.skip("no TMA on this device")
+    assert step_tma((ssm,), 32, pblk, 3, True)
+    check_step(case, inplace, pblk=pblk, tma=True)
+
+
+def test_step_tma_falls_back_to_pointers():
+    """Layouts a descriptor cannot take keep the pointer path: PBLK not dividing P, rows
+    of N * element size not a multiple of 16 bytes, non-contiguous states, mixed dtypes."""
+    ssm = torch.zeros(2, 3, 32, 20)
+    assert step_tma((ssm, ssm), 32, 16, 2, True)
+    assert not step_tma((ssm,), 32, 16, 2, False)
+    assert not step_tma((ssm,), 48, 32, 2, True)
+    assert not step_tma((torch.zeros(2, 3, 32, 18),), 32, 16, 2, True)
+    assert not step_tma((ssm.transpose(2, 3),), 20, 4, 2, True)
+    assert not step_tma((ssm, ssm.to(torch.float16)), 32, 16, 2, True)
+    check_step((2, 4, 1, 2, 18, 40, 4, False), True, pblk=16, tma=True)  # falls back
+
+
+_STEP_COMPILE = r"""
+import inspect, json, os, re, subprocess, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba3_integrations.kernels import mamba3_mimo_triton_step as st
+
+# The benchmark's step (H=64 P=64 N=128 R=4, bf16 activations, float32 state, whole
+# heads, 4 warps): B=1 (every load first, no register cap), B=128 (late loads, cap 128)
+# and B=128 with the state tile by TMA.
+LOW = {"Q", "K", "V", "Z", "TRAP", "KST", "VST", "KST_OUT", "VST_OUT", "OUT"}
+const = dict(R=4, KR=16, NB=128, PBLK=64, HAS_D=True, HAS_Z=True, HAS_NORM=False,
+             SYNC=False, FAST=True, EVEN=True, PRECISION="tf32", FMA=False, nsplit=1)
+runs = {"B=1": (dict(EARLY=True, TMA=False), {}),
+        "B=128": (dict(EARLY=False, TMA=False), {"maxnreg": 128}),
+        "B=128 tma": (dict(EARLY=False, TMA=True), {"maxnreg": 128})}
+cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+out = {}
+for name, (flags, opts) in runs.items():
+    sig, attrs = {}, {}
+    for i, arg in enumerate(inspect.signature(st._mimo_step_kernel.fn).parameters):
+        if arg in const or arg in flags:
+            sig[arg] = "constexpr"
+        elif arg in ("SSM", "SSM_OUT") and flags["TMA"]:
+            sig[arg] = "tensordesc<fp32[64, 128]>"
+        elif arg[0].isupper():
+            sig[arg] = "*i32" if arg == "COUNTER" else "*bf16" if arg in LOW else "*fp32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:  # every size and stride of this shape is a multiple of 16
+            sig[arg] = "fp32" if arg == "eps" else "i32"
+            attrs[(i,)] = [] if arg == "eps" else [["tt.divisibility", 16]]
+    k = triton.compile(ASTSource(st._mimo_step_kernel, sig, {**const, **flags}, attrs),
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "num_stages": 1, **opts})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    out[name] = [int(regs), int(stack), "warp_group_dot" in k.asm["ttgir"]]
+print(json.dumps(out))
+"""
+
+
+def test_step_compiles_for_sm90_without_spills():
+    """The benchmark-shaped step compiles for sm_90 (no GPU needed) on tensor cores
+    (wgmma), without spilling at B=1 (the latency-bound case) and within a few dozen
+    bytes under the cap of 128 registers at B=128."""
+    from tests.kernels.test_decode_kernels import _compile_for_sm90
+
+    got = _compile_for_sm90(_STEP_COMPILE)
+    assert got["B=1"][1] == 0, got
+    assert all(regs <= 128 and stack <= 64 for regs, stack, _ in
+               (got["B=128"], got["B=128 tma"])), got
+    assert all(wgmma for _, _, wgmma in got.values()), got
 
 
 @gpu
