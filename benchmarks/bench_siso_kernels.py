@@ -14,6 +14,13 @@ mixer step kernel at batch 1 (rows per program, warps, early load) and the whole
 step; each variant checked against a reference before it is timed. ``--step-tma off,on``
 (the default): every step variant with its state tile through pointers and through TMA
 tensor descriptors (Hopper; at every batch, ``tma_min_batch`` aside).
+
+    python benchmarks/bench_siso_kernels.py --decode-only --step-only --step-variants \
+        [--step-rounds 4] --out DIR   # ~3 minutes
+
+``--step-variants [LIST]``: named step paths (``STEP_PATHS``: the one-tile kernel by
+pointers and by TMA, the persistent kernel's settings) in turns at ``--step-batches``,
+each timed in a graph of 100 in-place steps and in one of 20 ping-pong steps.
 """
 
 from __future__ import annotations
@@ -265,6 +272,139 @@ def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_gr
             del x, state
     siso_step.STEP_CONFIG.update(default)
     return rows
+
+
+# Named step paths for --step-variants: the one-tile kernel with the state by pointers or
+# by TMA, and the persistent kernel "persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS]".
+STEP_PATHS = "pointer,tma,persist-64-2-3,persist-64-3-2,persist-32-3-4,persist-32-4-3"
+
+
+def step_path_config(name: str) -> dict:
+    """``STEP_CONFIG`` settings of a named step path (every batch takes it)."""
+    base = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False,
+            "tma_min_batch": 0, "persistent_min_batch": 0}
+    if name in ("pointer", "tma"):
+        return {**base, "tma": name == "tma", "persistent": False}
+    kind, *fields = name.split("-")
+    if kind != "persist" or len(fields) not in (3, 4) or not all(f.isdigit() for f in fields):
+        raise ValueError(f"unknown step path {name!r} (pointer, tma, "
+                         "persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS])")
+    pblk, stages, per_sm, *warps = fields
+    return {**base, "tma": True, "persistent": True, "persistent_pblk": int(pblk),
+            "persistent_stages": int(stages), "programs_per_sm": int(per_sm),
+            "persistent_warps": int(warps[0]) if warps else None}
+
+
+def pingpong_us(x: dict, state, steps: int = 20) -> float:
+    """Kernel time per step from a CUDA graph of ``steps`` consecutive steps that read one
+    state and write another, in turns (the launch of the graph shared by ``steps``)."""
+    other = tuple(torch.empty_like(t) for t in state)
+    y = torch.empty_like(x["V"])
+    args = [x[k] for k in ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles",
+                           "D", "Z")]
+
+    def run():
+        src, dst = state, other
+        for _ in range(steps):
+            siso_step.launch_step(*args, src, dst, y)
+            src, dst = dst, src
+
+    return graph_us(run, 1) / steps
+
+
+def persistent_kernel_stats(state_dtype: torch.dtype, plan) -> dict:
+    """Registers, spills, shared memory and programs per SM of the persistent kernel as it
+    compiled for ``plan`` (recorded by its first launch; empty before)."""
+    for key, stats in siso_step.PERSISTENT_KERNELS.items():
+        if key[1:] == (state_dtype, plan.pblk, plan.num_warps, plan.stages):
+            return stats
+    return {}
+
+
+def bench_step_paths(batches, bandwidth: float, names: list[str], rounds: int = 1,
+                     steps_per_graph: int = 100,
+                     dtypes=(torch.float32, torch.bfloat16)) -> list[dict]:
+    """Each named step path (``STEP_PATHS``) at each batch and state dtype, in turns in one
+    run, ``rounds`` times over: checked against float64, then timed eager, in a CUDA graph
+    of 100 in-place steps and in a graph of 20 ping-pong steps (``pingpong_us``). A path
+    that fails (compile, launch, layout) is reported and the others go on."""
+    rows = []
+    default = dict(siso_step.STEP_CONFIG)
+    for rnd, batch, state_dtype, name in itertools.product(range(rounds), batches, dtypes,
+                                                           names):
+        sname = "fp32" if state_dtype == torch.float32 else "bf16"
+        tag = f"step {name:<16} B={batch:<3} state={sname} round {rnd}"
+        if any(r.get("error") and r["variant"] == name for r in rows):
+            continue  # failed in an earlier round or batch: reported once
+        try:
+            siso_step.STEP_CONFIG.update(default)
+            siso_step.STEP_CONFIG.update(step_path_config(name))
+            x, state = step_inputs(batch, state_dtype)
+            plan = siso_step.plan_step((state[1],), batch, H, P)
+            wanted = siso_step.STEP_CONFIG["persistent"] or siso_step.STEP_CONFIG["tma"]
+            if wanted and not plan.tma:
+                print(f"{tag}: no TMA here, skipped", flush=True)
+                continue
+            err = step_error(batch, state_dtype)
+            step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
+            eager_us = median_ms(step) * 1e3
+            g_us = graph_us(step, steps_per_graph)
+            g20_us = pingpong_us(x, state)
+            bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
+            # the plan of the timed launches (the first launch taught it what fits an SM)
+            plan = siso_step.plan_step((state[1],), batch, H, P)
+        except Exception as exc:  # noqa: BLE001 (report the path, time the others)
+            print(f"{tag}: FAILED {type(exc).__name__}: {str(exc)[:600]}", flush=True)
+            rows.append({"batch": batch, "state": sname, "variant": name,
+                         "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
+            continue
+        finally:
+            siso_step.STEP_CONFIG.update(default)
+        stats = persistent_kernel_stats(state_dtype, plan) if plan.programs else {}
+        rows.append({"batch": batch, "state": sname, "variant": name, "round": rnd,
+                     "pblk": plan.pblk, "warps": plan.num_warps,
+                     "early": step_path_config(name)["early_load"], "evict": False,
+                     "tma": plan.tma, "persistent": bool(plan.programs),
+                     "programs": plan.programs, "stages": plan.stages, "kernel": stats,
+                     "graph_us": g_us, "graph20_pingpong_us": g20_us, "eager_us": eager_us,
+                     "bound_us": bound_us, "graph_over_bound": g_us / bound_us,
+                     "graph20_over_bound": g20_us / bound_us, "rel_err_vs_fp64": err,
+                     "official_us": OFFICIAL_DECODE_US.get(batch)})
+        print(f"{tag}: graph {g_us:7.2f} us  graph20 {g20_us:7.2f} us  eager {eager_us:7.2f} "
+              f"us  bound {bound_us:7.2f} us  (x{g_us / bound_us:5.3f}, graph20 "
+              f"x{g20_us / bound_us:5.3f})  err {err:.1e}  [{plan.programs or 'grid'} programs"
+              f", pblk {plan.pblk}, tma {int(plan.tma)}, stages {plan.stages}] {stats}",
+              flush=True)
+        del x, state
+        torch.cuda.empty_cache()
+    return rows
+
+
+def step_path_table(rows: list[dict]) -> None:
+    """Median over rounds (and its range) per step path, batch and state."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["batch"], r["state"], r["variant"]), []).append(r)
+
+    def med(rs, key):
+        vals = sorted(r[key] for r in rs)
+        return vals[len(vals) // 2], vals[0], vals[-1]
+
+    print("\n| step path | batch | state | programs | pblk | stages | regs / smem KiB | graph us "
+          "(100 in place; median, min-max) | graph20 us (ping-pong) | eager us | bound us | "
+          "graph / bound | graph20 / bound | rel err vs fp64 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (batch, state, name), rs in sorted(groups.items(), key=lambda kv: kv[0][:2]):
+        g, g_lo, g_hi = med(rs, "graph_us")
+        g20, g20_lo, g20_hi = med(rs, "graph20_pingpong_us")
+        k = rs[0]["kernel"]
+        kern = f"{k['regs']} / {k['shared'] / 1024:.0f}" if k else "-"
+        bound = rs[0]["bound_us"]
+        print(f"| {name} | {batch} | {state} | {rs[-1]['programs'] or 'grid'} | "
+              f"{rs[0]['pblk']} | {rs[0]['stages']} | {kern} | {g:.2f} ({g_lo:.2f}-{g_hi:.2f}) "
+              f"| {g20:.2f} ({g20_lo:.2f}-{g20_hi:.2f}) | {med(rs, 'eager_us')[0]:.2f} | "
+              f"{bound:.2f} | {g / bound:.3f} | {g20 / bound:.3f} | "
+              f"{max(r['rel_err_vs_fp64'] for r in rs):.1e} |")
 
 
 GEMV_SHAPES = {  # (out_features, in_features) of the 1.3B hybrid's decode projections
@@ -522,6 +662,15 @@ def main() -> None:
                         help="decode only: GEMV, step at B=128, fused step at B=1, mixer step")
     parser.add_argument("--step-tma", default="off,on",
                         help="state tile paths of the step variants: off (pointers), on (TMA)")
+    parser.add_argument("--step-variants", nargs="?", const=STEP_PATHS,
+                        help="decode: time these named step paths in turns instead of the "
+                        f"(pblk, warps) sweep; alone: {STEP_PATHS} (pointer, tma: the "
+                        "one-tile kernel; persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS])")
+    parser.add_argument("--step-batches", default="1,128", help="batches of --step-variants")
+    parser.add_argument("--step-rounds", type=int, default=1,
+                        help="--step-variants: time every path this many times, in turns")
+    parser.add_argument("--step-only", action="store_true",
+                        help="decode: the step alone (no mixer step, no bf16-state drift)")
     args = parser.parse_args()
     tmas = tuple({"off": False, "on": True}[v] for v in args.step_tma.split(","))
     if args.decode_check:
@@ -562,12 +711,19 @@ def main() -> None:
             1, variants=FUSED_VARIANTS_QUICK if args.quick else FUSED_VARIANTS)
         result["mixer_step"] = bench_mixer_step([1])
     elif not args.prefill_only:
-        step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
-        result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants,
-                                        tmas=tmas)
-        result["mixer_step"] = bench_mixer_step([1, 128])
-        result["bf16_state"] = bf16_state_error(steps=500 if args.quick else 2000)
-        print(json.dumps(result["bf16_state"]))
+        if args.step_variants:
+            batches = [int(b) for b in args.step_batches.split(",")]
+            result["decode"] = bench_step_paths(batches, bandwidth,
+                                                args.step_variants.split(","),
+                                                rounds=args.step_rounds)
+        else:
+            step_variants = STEP_VARIANTS_QUICK if args.quick else STEP_VARIANTS
+            result["decode"] = bench_decode([1, 128], bandwidth, variants=step_variants,
+                                            tmas=tmas)
+        if not args.step_only:
+            result["mixer_step"] = bench_mixer_step([1, 128])
+            result["bf16_state"] = bf16_state_error(steps=500 if args.quick else 2000)
+            print(json.dumps(result["bf16_state"]))
     result["best"] = {}
     if result["prefill"]:
         first = (result["prefill"][0]["batch"], result["prefill"][0]["seqlen"])
@@ -576,21 +732,32 @@ def main() -> None:
         result["best"].update({k: fastest[k] for k in ("chunk", "warps", "cpp", "stages",
                                                        "maxnreg", "state_warps",
                                                        "state_stages")})
+    failed = [r for r in result.get("decode", []) if "error" in r]
+    result["decode"] = [r for r in result.get("decode", []) if "error" not in r]
+    if failed:
+        result["decode_failed"] = failed
     if result.get("decode"):
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1 (the
         # fused step, not this kernel, runs the model's small batches: with --decode-check
         # only B=128 is measured).
+        # Named step paths (--step-variants) need no such filter: from
+        # persistent_min_batch on only.
         keys = ("pblk", "warps", "early", "evict", "tma")
-        b1 = {tuple(r[k] for k in keys): r["graph_us"]
-              for r in result["decode"] if r["batch"] == 1 and r["state"] == "fp32"}
+        b1 = {tuple(r[k] for k in keys): r["graph_us"] for r in result["decode"]
+              if r["batch"] == 1 and r["state"] == "fp32" and "variant" not in r}
         ok = [r for r in result["decode"] if r["batch"] == 128 and r["state"] == "fp32"
               and (not b1 or b1.get(tuple(r[k] for k in keys), 1e9)
                    <= 1.25 * min(b1.values()))]
-        top = min(ok or [r for r in result["decode"] if r["batch"] == 128],
-                  key=lambda r: r["graph_us"])
+        top = min(ok or [r for r in result["decode"] if r["batch"] == 128] or [None],
+                  key=lambda r: r["graph_us"] if r else 0)
+    if result.get("decode") and top:
         result["best"].update(step_pblk=top["pblk"], step_warps=top["warps"],
                               step_early=top["early"], step_evict=top["evict"],
                               step_tma=top["tma"])
+        if "variant" in top:
+            result["best"].update(step_variant=top["variant"],
+                                  step_persistent=top["persistent"],
+                                  step_stages=top["stages"], step_programs=top["programs"])
     if result.get("gemv_best") is not None:
         result["best"]["gemv"] = result["gemv_best"]
     if result.get("fused_best") is not None:
@@ -642,6 +809,10 @@ def main() -> None:
             f"| {r['eager_us']:.2f} | {r['bound_us']:.2f} | {r['graph_over_bound']:.3f} | "
             f"{max(x['rel_err_vs_fp64'] for x in result['decode']):.1e} | {r['official_us']} |"
         )
+    if any("variant" in r for r in result.get("decode", [])):
+        step_path_table([r for r in result["decode"] if "variant" in r])
+    for r in result.get("decode_failed", []):
+        print(f"FAILED step path {r['variant']} B={r['batch']} {r['state']}: {r['error']}")
     for r in result.get("mixer_step", []):
         print(f"mixer step B={r['batch']}: unfused {r['unfused_us']:.1f} us, fused "
               f"{r['fused_us']:.1f} us, rel err {r['rel_err_fused_vs_unfused']:.1e}")

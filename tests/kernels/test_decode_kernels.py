@@ -76,6 +76,81 @@ def test_split_step_matches_reference(pblk, num_warps, early, evict, inplace, tm
     assert counters is None or not counters.any()
 
 
+@pytest.mark.parametrize("pblk,programs,stages,tma", [
+    (4, 4, 3, True),  # blocks of 4 rows, five a head; 15 heads over 4 programs (4+4+4+3)
+    (None, 2, 2, True),  # whole heads (20 rows, the block of 32 rows refused: below)
+    (4, 7, 2, True),  # 7 programs asked: 5 of 3 heads each
+    (8, 4, 3, True),  # 8 does not divide 20: no TMA, so the one-tile kernel
+    (4, 4, 3, False),  # TMA not allowed: the one-tile kernel
+])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_persistent_step_matches_reference(pblk, programs, stages, tma, inplace, state_dtype):
+    """The persistent step (state tiles by tensor descriptors, as on Hopper): 15 (sequence,
+    head) pairs over fewer programs (several heads each, a count the programs do not
+    divide), heads of 20 rows in blocks of 4 (the last block of a head writes angle and k,
+    no arrival counter), d_state 40 (in blocks of 64 columns), the state in place or not,
+    float32 or bfloat16. Where TMA cannot take the layout, the one-tile kernel runs."""
+    x, state = make_inputs(3, 1, 1, 5, 40, 20, 9, torch.float32, step=True, seed=12)
+    state = (state[0], state[1].to(state_dtype), state[2], state[3])
+    if CUDA and not step_mod.tma_capable(x["V"]) or step_mod.TensorDescriptor is None:
+        pytest.skip("no TMA here")
+    want_y, want = mamba3_step_reference(**x, state=state)
+    mine = tuple(s.clone() for s in state)
+    out = mine if inplace else tuple(torch.empty_like(s) for s in mine)
+    y = torch.empty_like(x["V"])
+    plan = step_mod.launch_step(
+        x["Q"], x["K"], x["V"], x["ADT"], x["DT"], x["Trap"], x["Q_bias"], x["K_bias"],
+        x["Angles"].contiguous(), x["D"], x["Z"], mine, out, y, pblk=pblk, num_warps=2,
+        tma=tma, persistent=True, programs=programs, stages=stages)
+    if tma and pblk == 4:
+        assert plan == (4, 5, True, 2, -(-15 // -(-15 // programs)), stages)
+    else:
+        assert plan.programs == 0 and plan.tma is False
+    tol = 1e-5 if state_dtype == torch.float32 else 1e-2
+    assert rel_err(y, want_y) < tol
+    for name, got, ref in zip(STATE, out, want, strict=True):
+        assert got.dtype == ref.dtype, name
+        assert rel_err(got, ref) < tol, name
+    if not inplace:
+        assert all(torch.equal(a, b) for a, b in zip(mine, state, strict=True))
+    counters = step_mod._COUNTERS.get(torch.device(DEVICE))
+    assert counters is None or not counters.any()
+
+
+def test_persistent_step_plan(monkeypatch):
+    """``STEP_CONFIG`` picks the persistent kernel from ``persistent_min_batch`` sequences
+    on, compiled on Hopper only (the interpreter runs it when asked); its programs fill
+    ``programs_per_sm`` per SM (no more than fit, once known), evened out over the heads;
+    without the TMA layout (a block not dividing the head) the one-tile kernel runs."""
+    if step_mod.TensorDescriptor is None:
+        pytest.skip("this Triton has no host tensor descriptors")
+    monkeypatch.setitem(step_mod.STEP_CONFIG, "persistent", True)
+    monkeypatch.setitem(step_mod.STEP_CONFIG, "persistent_min_batch", 64)
+    monkeypatch.setitem(step_mod.STEP_CONFIG, "programs_per_sm", 2)
+    monkeypatch.setitem(step_mod.STEP_CONFIG, "persistent_pblk", None)
+    ssm = torch.zeros(1, 1, 64, 128, device=DEVICE)
+    sms = step_mod.sm_count(ssm)
+    hopper = step_mod.tma_capable(ssm)
+    assert step_mod.plan_step((ssm,), 8, 64, 64).programs == 0
+    assert bool(step_mod.plan_step((ssm,), 128, 64, 64).programs) == hopper
+    if CUDA and not hopper:
+        assert step_mod.plan_step((ssm,), 128, 64, 64, persistent=True).programs == 0
+        return
+    plan = step_mod.plan_step((ssm,), 128, 64, 64, tma=True, persistent=True)
+    per = -(-128 * 64 // (2 * sms))
+    assert plan.programs == -(-128 * 64 // per) and plan.nsplit == 1 and plan.tma
+    assert step_mod.plan_step((ssm,), 3, 5, 64, tma=True, persistent=True).programs <= 15
+    key = step_mod._variant_key(ssm, plan)
+    monkeypatch.setitem(step_mod._RESIDENT, key, 1)
+    assert step_mod.plan_step((ssm,), 128, 64, 64, tma=True, persistent=True).programs == sms
+    assert step_mod.plan_step((ssm,), 128, 64, 64, tma=True, persistent=True,
+                              programs=7).programs == 7
+    narrow = torch.zeros(1, 1, 20, 128, device=DEVICE)
+    fallback = step_mod.plan_step((narrow,), 2, 1, 20, pblk=8, tma=True, persistent=True)
+    assert fallback.programs == 0 and not fallback.tma
+
+
 def make_mixer(dtype, ngroups=2, is_outproj_norm=False, headdim=12, d_state=14, seed=0):
     torch.manual_seed(seed)
     mixer = Mamba3Mixer(24, d_state=d_state, expand=2, headdim=headdim, ngroups=ngroups,
@@ -709,6 +784,67 @@ def test_tma_step_kernels_compile_for_sm90():
         else:
             tile = 8 * 128 * 4
         assert (shared >= tile) == tma, (key, shared)
+
+
+_PERSISTENT_COMPILE = r"""
+import contextlib, inspect, io, json, os, re, tempfile
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp()  # compile afresh: ptxas prints its log
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba3_integrations.kernels import mamba3_siso_triton_step as st
+
+# The persistent step at B=128 (N 128, 4 warps): whole heads of 64 rows and blocks of 32,
+# fp32 and bf16 states, 2 and 3 stages.
+fn = st._step_persistent_kernel
+out = {}
+for sdt, pblk, stages in (("fp32", 64, 2), ("fp32", 64, 3), ("fp32", 32, 3),
+                          ("bf16", 64, 3), ("bf16", 32, 4)):
+    const = dict(NB=128, PBLK=pblk, HAS_D=True, HAS_Z=True, EARLY=False, STAGES=stages)
+    sig, attrs = {}, {}
+    for idx, name in enumerate(inspect.signature(fn.fn).parameters):
+        if name in const:
+            sig[name] = "constexpr"
+        elif name in ("SSM", "SSM_OUT"):
+            sig[name] = f"tensordesc<{sdt}[{pblk}, 128]>"
+        elif name[0].isupper():
+            sig[name] = "*i32" if name == "COUNTER" else "*fp32"
+            attrs[(idx,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "i32"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 4})
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+    regs = re.findall(r"Used (\d+) registers", log.getvalue())
+    ptx = k.asm["ptx"]
+    out[f"{sdt} {pblk} {stages}"] = dict(
+        bulk_loads=len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global", ptx)),
+        bulk_stores=ptx.count("cp.async.bulk.tensor.2d.global.shared"),
+        shared=k.metadata.shared, spills=[int(v) for pair in spills for v in pair],
+        regs=[int(r) for r in regs])
+print(json.dumps(out))
+"""
+
+
+def test_persistent_step_compiles_for_sm90_pipelined():
+    """The persistent step compiles for sm_90 (no GPU needed) without register spills and
+    software-pipelined: the state tiles of ``STAGES - 1`` later iterations load into their
+    own shared buffers by bulk tensor copies (one copy in the prologue per stage ahead
+    and one in the loop), beside the buffer of the tile being stored."""
+
+    if step_mod.TensorDescriptor is None:
+        pytest.skip("this Triton has no host tensor descriptors")
+    got = _compile_for_sm90(_PERSISTENT_COMPILE)
+    assert len(got) == 5
+    for key, r in got.items():
+        sdt, pblk, stages = key.split()
+        tile = int(pblk) * 128 * (4 if sdt == "fp32" else 2)
+        assert r["regs"] and r["spills"] and not any(r["spills"]), (key, r)
+        assert r["bulk_loads"] == int(stages) and r["bulk_stores"] == 1, (key, r)
+        assert r["shared"] >= int(stages) * tile, (key, r)
 
 
 @pytest.mark.gpu
