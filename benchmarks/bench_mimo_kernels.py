@@ -67,7 +67,7 @@ STEP_VARIANTS = [
     ("w8", dict(num_warps=8)),
     ("p32", dict(pblk=32)),
     ("tma", dict(tma=True)),
-    ("nocap", dict(maxnreg=0)),
+    ("cap128", dict(maxnreg=128)),
 ]
 STEP_GRAPH = 20  # steps in the many-steps CUDA graph
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk

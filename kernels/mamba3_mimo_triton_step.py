@@ -49,15 +49,15 @@ except ImportError:  # Triton without host tensor descriptors: the pointer path 
 NORM_EPS = 1e-5
 # Launch settings: state rows per program and warps for a batch of more than
 # ``large_batch`` rows, and for small batches (``small_*``); ``maxnreg`` a register cap
-# for the large-batch launch of the tensor-core form (None: the compiler's choice);
+# for the large-batch launch of the tensor-core form (0: none, the compiler's choice);
 # ``early`` every load at the top for small batches (large batches load the q/k tile and
-# the epilogue's parameters where they are used, which keeps registers under the cap);
-# ``tma`` the state tile by tensor descriptors on Hopper from ``tma_min_batch`` rows (off
-# until timed: .devrun/mimo_step.sh times it). Measured on an H100 with the kernel before
-# this one (docs/mimo.md): whole heads (p64, 4 warps) were fastest at B=1 and B=128 (the
-# cap of 128 registers 215.7 us, uncapped 221.8).
+# the epilogue's parameters where they are used); ``tma`` the state tile by tensor
+# descriptors on Hopper from ``tma_min_batch`` rows. Measured on an H100 (Triton 3.6,
+# bf16, CUDA graphs of 20 steps; benchmarks/results/mimo_step.log): whole heads with 4
+# warps, every load first, 5.2 us at B=1; uncapped 217.5 us at B=128 (a cap of 128
+# registers 241.1, TMA 242.5, 8 warps 405.9, 32 rows per program 409.1).
 STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 64, "small_warps": 4,
-               "large_batch": 16, "maxnreg": 128, "early": True, "tma": False,
+               "large_batch": 16, "maxnreg": 0, "early": True, "tma": False,
                "tma_min_batch": 16}
 
 LAST_KERNELS: dict[str, object] = {}  # the latest compiled step kernel (resource report)
