@@ -60,7 +60,7 @@ CONFIGS = [  # prefill: rows per chunk, tokens per program, warps and stages (sc
 ]
 # step variants: a name and the settings of ``mamba3_mimo_step_triton`` (those not given
 # come from its STEP_CONFIG: rows 64 and 4 warps at every batch, every load first up to
-# batch 16, a cap of 128 registers above it)
+# batch 16, no register cap above it)
 STEP_VARIANTS = [
     ("default", {}),
     ("late", dict(early=False)),  # B=1 with the large-batch load order
