@@ -12,7 +12,7 @@ step inside a whole-model graph). ``--step-baseline FILE`` times the step of ano
 module file (e.g. the kernel before a change) in the same run. With ``--official DIR`` (a
 folder holding ``mamba_ssm`` and TileLang) the official TileLang prefill runs beside
 ours. Writes a table, ``mimo_kernels.json`` and ``mimo_kernels.png`` (``--step-only``:
-``mimo_step.json`` and ``mimo_step.png``).
+``mimo_step.*``, ``--prefill-only``: ``mimo_prefill.*``).
 
     python benchmarks/bench_mimo_kernels.py --out benchmarks/results
     python benchmarks/bench_mimo_kernels.py --step-only --step-baseline OLD_STEP.py
@@ -467,13 +467,25 @@ def bench_decode(baseline: str | None = None) -> list[dict]:
     return rows
 
 
-def plot(prefill: list[dict], decode: list[dict], path: Path) -> None:
+def plot(prefill: list[dict], decode: list[dict], path: Path, device: str) -> None:
+    """Prefill throughput (best variant per kernel and shape) and step time over the SISO
+    step, a panel for each of them that was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    panels = [f for f, rows in ((prefill_bars, prefill), (decode_bars, decode)) if rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 4), squeeze=False)
+    for ax, draw in zip(axes[0], panels, strict=True):
+        draw(ax, prefill if draw is prefill_bars else decode)
+    fig.suptitle(f"Mamba-3 MIMO kernels, H={H} P={P} N={N} R={R} bf16, {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def prefill_bars(ax, prefill: list[dict]) -> None:
+    """M tokens/s of the fastest variant of each kernel per shape."""
     best = {}
     for r in prefill:
         key = (r["kernel"], r["batch"], r["seqlen"])
@@ -484,19 +496,13 @@ def plot(prefill: list[dict], decode: list[dict], path: Path) -> None:
     width = 0.8 / len(kernels)
     for j, kernel in enumerate(kernels):
         vals = [best.get((kernel, b, s), {}).get("tokens_per_s", math.nan) / 1e6 for b, s in shapes]
-        ax1.bar([i + j * width for i in range(len(shapes))], vals, width, label=kernel)
-    ax1.set_xticks(
+        ax.bar([i + j * width for i in range(len(shapes))], vals, width, label=kernel)
+    ax.set_xticks(
         [i + width * (len(kernels) - 1) / 2 for i in range(len(shapes))],
         [f"B={b} L={s}" for b, s in shapes],
     )
-    ax1.set_ylabel("prefill forward, M tokens/s")
-    ax1.legend()
-    decode_bars(ax2, decode)
-    fig.suptitle(
-        f"Mamba-3 MIMO kernels, H={H} P={P} N={N} R={R} bf16, {torch.cuda.get_device_name()}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_ylabel("prefill forward, M tokens/s")
+    ax.legend()
 
 
 def decode_bars(ax, decode: list[dict]) -> None:
@@ -522,21 +528,6 @@ def decode_bars(ax, decode: list[dict]) -> None:
                   [f"B={b}" for b in batches])
     ax.set_ylabel(f"step time / SISO step (graph of {STEP_GRAPH}; dashed: of 1)")
     ax.legend(fontsize=7)
-
-
-def plot_step(decode: list[dict], path: Path) -> None:
-    """The decode step chart alone (``--step-only``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    decode_bars(ax, decode)
-    ax.set_title(f"Mamba-3 MIMO step, H={H} P={P} N={N} R={R} bf16, "
-                 f"{torch.cuda.get_device_name()}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def summary(checks: list[dict], prefill: list[dict], breakdown: dict,
@@ -596,15 +587,6 @@ def main() -> None:
     decode = [] if args.prefill_only else bench_decode(args.step_baseline)
     summary(checks, prefill, breakdown, decode)
     print(f"\ntotal {time.time() - t0:.0f} s")
-    partial = "mimo_step.json" if args.step_only else "mimo_prefill.json"
-    if args.step_only or args.prefill_only:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / partial).write_text(json.dumps(
-            dict(checks=checks, prefill=prefill, kernels=breakdown, decode=decode),
-            indent=2) + "\n")
-        if args.step_only and decode:
-            plot_step(decode, args.out / "mimo_step.png")
-        return
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(
         device=torch.cuda.get_device_name(),
@@ -613,11 +595,13 @@ def main() -> None:
         dtype=str(DTYPE),
         shape=dict(nheads=H, headdim=P, d_state=N, rank=R, ngroups=G, n_angles=A),
     )
-    (args.out / "mimo_kernels.json").write_text(
+    name = ("mimo_step" if args.step_only else "mimo_prefill" if args.prefill_only
+            else "mimo_kernels")
+    (args.out / f"{name}.json").write_text(
         json.dumps(dict(meta=meta, checks=checks, prefill=prefill, kernels=breakdown,
                         decode=decode), indent=2) + "\n"
     )
-    plot(prefill, decode, args.out / "mimo_kernels.png")
+    plot(prefill, decode, args.out / f"{name}.png", meta["device"])
 
 
 if __name__ == "__main__":
