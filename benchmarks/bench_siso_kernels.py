@@ -16,11 +16,11 @@ step; each variant checked against a reference before it is timed. ``--step-tma 
 tensor descriptors (Hopper; at every batch, ``tma_min_batch`` aside).
 
     python benchmarks/bench_siso_kernels.py --decode-only --step-only --step-variants \
-        [--step-rounds 4] --out DIR   # ~3 minutes
+        [--step-rounds 4] --out DIR
 
-``--step-variants [LIST]``: named step paths (``STEP_PATHS``: the one-tile kernel by
-pointers and by TMA, the persistent kernel's settings) in turns at ``--step-batches``,
-each timed in a graph of 100 in-place steps and in one of 20 ping-pong steps.
+``--step-variants [LIST]``: named step paths (``STEP_PATHS``: the state tile by pointers
+and by TMA) in turns at ``--step-batches``, each timed in a graph of 100 in-place steps
+and in one of 20 ping-pong steps.
 """
 
 from __future__ import annotations
@@ -237,6 +237,16 @@ def step_error(batch: int, state_dtype: torch.dtype) -> float:
     return max(((a.double() - b).norm() / b.norm()).item() for a, b in pairs)
 
 
+def time_step(x: dict, state, batch: int, state_dtype: torch.dtype, bandwidth: float,
+              steps_per_graph: int) -> tuple[float, float, float, float]:
+    """The in-place step with the current ``STEP_CONFIG``: its error against float64
+    (``step_error``), eager and graph (``steps_per_graph`` steps) us per step, bound us."""
+    err = step_error(batch, state_dtype)
+    step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
+    return (err, median_ms(step) * 1e3, graph_us(step, steps_per_graph),
+            step_bytes(batch, state_dtype) / bandwidth * 1e6)
+
+
 def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_graph: int = 100,
                  dtypes=(torch.float32, torch.bfloat16), tmas=(False, True)):
     """The step kernel at every (PBLK, warps[, early, evict]) variant and state tile path
@@ -254,11 +264,8 @@ def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_gr
             if tma and not siso_step.step_tma((state[1],), P, pb, batch):
                 print(f"decode B={batch} pblk={pblk}: no TMA here, skipped", flush=True)
                 continue
-            err = step_error(batch, state_dtype)
-            step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
-            eager_us = median_ms(step) * 1e3
-            g_us = graph_us(step, steps_per_graph)
-            bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
+            err, eager_us, g_us, bound_us = time_step(x, state, batch, state_dtype, bandwidth,
+                                                      steps_per_graph)
             name = "fp32" if state_dtype == torch.float32 else "bf16"
             rows.append({"batch": batch, "state": name, "pblk": pblk, "warps": num_warps,
                          "early": early, "evict": evict, "tma": tma, "graph_us": g_us,
@@ -274,25 +281,16 @@ def bench_decode(batches, bandwidth: float, variants=STEP_VARIANTS, steps_per_gr
     return rows
 
 
-# Named step paths for --step-variants: the one-tile kernel with the state by pointers or
-# by TMA, and the persistent kernel "persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS]".
-STEP_PATHS = "pointer,tma,persist-64-2-3,persist-64-3-2,persist-32-3-4,persist-32-4-3"
+# Named step paths for --step-variants: the state tile by pointers or by TMA.
+STEP_PATHS = "pointer,tma"
 
 
 def step_path_config(name: str) -> dict:
     """``STEP_CONFIG`` settings of a named step path (every batch takes it)."""
-    base = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False,
-            "tma_min_batch": 0, "persistent_min_batch": 0}
-    if name in ("pointer", "tma"):
-        return {**base, "tma": name == "tma", "persistent": False}
-    kind, *fields = name.split("-")
-    if kind != "persist" or len(fields) not in (3, 4) or not all(f.isdigit() for f in fields):
-        raise ValueError(f"unknown step path {name!r} (pointer, tma, "
-                         "persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS])")
-    pblk, stages, per_sm, *warps = fields
-    return {**base, "tma": True, "persistent": True, "persistent_pblk": int(pblk),
-            "persistent_stages": int(stages), "programs_per_sm": int(per_sm),
-            "persistent_warps": int(warps[0]) if warps else None}
+    if name not in ("pointer", "tma"):
+        raise ValueError(f"unknown step path {name!r} (pointer, tma)")
+    return {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False,
+            "tma": name == "tma", "tma_min_batch": 0}
 
 
 def pingpong_us(x: dict, state, steps: int = 20) -> float:
@@ -310,15 +308,6 @@ def pingpong_us(x: dict, state, steps: int = 20) -> float:
             src, dst = dst, src
 
     return graph_us(run, 1) / steps
-
-
-def persistent_kernel_stats(state_dtype: torch.dtype, plan) -> dict:
-    """Registers, spills, shared memory and programs per SM of the persistent kernel as it
-    compiled for ``plan`` (recorded by its first launch; empty before)."""
-    for key, stats in siso_step.PERSISTENT_KERNELS.items():
-        if key[1:] == (state_dtype, plan.pblk, plan.num_warps, plan.stages):
-            return stats
-    return {}
 
 
 def bench_step_paths(batches, bandwidth: float, names: list[str], rounds: int = 1,
@@ -340,19 +329,14 @@ def bench_step_paths(batches, bandwidth: float, names: list[str], rounds: int = 
             siso_step.STEP_CONFIG.update(default)
             siso_step.STEP_CONFIG.update(step_path_config(name))
             x, state = step_inputs(batch, state_dtype)
-            plan = siso_step.plan_step((state[1],), batch, H, P)
-            wanted = siso_step.STEP_CONFIG["persistent"] or siso_step.STEP_CONFIG["tma"]
-            if wanted and not plan.tma:
+            pblk = siso_step.step_split(P)[0]
+            tma = siso_step.step_tma((state[1],), P, pblk, batch)
+            if siso_step.STEP_CONFIG["tma"] and not tma:
                 print(f"{tag}: no TMA here, skipped", flush=True)
                 continue
-            err = step_error(batch, state_dtype)
-            step = functools.partial(siso.mamba3_step_triton, **x, state=state, inplace=True)
-            eager_us = median_ms(step) * 1e3
-            g_us = graph_us(step, steps_per_graph)
+            err, eager_us, g_us, bound_us = time_step(x, state, batch, state_dtype, bandwidth,
+                                                      steps_per_graph)
             g20_us = pingpong_us(x, state)
-            bound_us = step_bytes(batch, state_dtype) / bandwidth * 1e6
-            # the plan of the timed launches (the first launch taught it what fits an SM)
-            plan = siso_step.plan_step((state[1],), batch, H, P)
         except Exception as exc:  # noqa: BLE001 (report the path, time the others)
             print(f"{tag}: FAILED {type(exc).__name__}: {str(exc)[:600]}", flush=True)
             rows.append({"batch": batch, "state": sname, "variant": name,
@@ -360,20 +344,17 @@ def bench_step_paths(batches, bandwidth: float, names: list[str], rounds: int = 
             continue
         finally:
             siso_step.STEP_CONFIG.update(default)
-        stats = persistent_kernel_stats(state_dtype, plan) if plan.programs else {}
+        config = step_path_config(name)
         rows.append({"batch": batch, "state": sname, "variant": name, "round": rnd,
-                     "pblk": plan.pblk, "warps": plan.num_warps,
-                     "early": step_path_config(name)["early_load"], "evict": False,
-                     "tma": plan.tma, "persistent": bool(plan.programs),
-                     "programs": plan.programs, "stages": plan.stages, "kernel": stats,
+                     "pblk": pblk, "warps": config["num_warps"],
+                     "early": config["early_load"], "evict": config["evict"], "tma": tma,
                      "graph_us": g_us, "graph20_pingpong_us": g20_us, "eager_us": eager_us,
                      "bound_us": bound_us, "graph_over_bound": g_us / bound_us,
                      "graph20_over_bound": g20_us / bound_us, "rel_err_vs_fp64": err,
                      "official_us": OFFICIAL_DECODE_US.get(batch)})
         print(f"{tag}: graph {g_us:7.2f} us  graph20 {g20_us:7.2f} us  eager {eager_us:7.2f} "
               f"us  bound {bound_us:7.2f} us  (x{g_us / bound_us:5.3f}, graph20 "
-              f"x{g20_us / bound_us:5.3f})  err {err:.1e}  [{plan.programs or 'grid'} programs"
-              f", pblk {plan.pblk}, tma {int(plan.tma)}, stages {plan.stages}] {stats}",
+              f"x{g20_us / bound_us:5.3f})  err {err:.1e}  [pblk {pblk}, tma {int(tma)}]",
               flush=True)
         del x, state
         torch.cuda.empty_cache()
@@ -390,19 +371,16 @@ def step_path_table(rows: list[dict]) -> None:
         vals = sorted(r[key] for r in rs)
         return vals[len(vals) // 2], vals[0], vals[-1]
 
-    print("\n| step path | batch | state | programs | pblk | stages | regs / smem KiB | graph us "
-          "(100 in place; median, min-max) | graph20 us (ping-pong) | eager us | bound us | "
-          "graph / bound | graph20 / bound | rel err vs fp64 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| step path | batch | state | pblk | graph us (100 in place; median, min-max) | "
+          "graph20 us (ping-pong) | eager us | bound us | graph / bound | graph20 / bound | "
+          "rel err vs fp64 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (batch, state, name), rs in sorted(groups.items(), key=lambda kv: kv[0][:2]):
         g, g_lo, g_hi = med(rs, "graph_us")
         g20, g20_lo, g20_hi = med(rs, "graph20_pingpong_us")
-        k = rs[0]["kernel"]
-        kern = f"{k['regs']} / {k['shared'] / 1024:.0f}" if k else "-"
         bound = rs[0]["bound_us"]
-        print(f"| {name} | {batch} | {state} | {rs[-1]['programs'] or 'grid'} | "
-              f"{rs[0]['pblk']} | {rs[0]['stages']} | {kern} | {g:.2f} ({g_lo:.2f}-{g_hi:.2f}) "
-              f"| {g20:.2f} ({g20_lo:.2f}-{g20_hi:.2f}) | {med(rs, 'eager_us')[0]:.2f} | "
+        print(f"| {name} | {batch} | {state} | {rs[0]['pblk']} | {g:.2f} ({g_lo:.2f}-{g_hi:.2f})"
+              f" | {g20:.2f} ({g20_lo:.2f}-{g20_hi:.2f}) | {med(rs, 'eager_us')[0]:.2f} | "
               f"{bound:.2f} | {g / bound:.3f} | {g20 / bound:.3f} | "
               f"{max(r['rel_err_vs_fp64'] for r in rs):.1e} |")
 
@@ -664,8 +642,8 @@ def main() -> None:
                         help="state tile paths of the step variants: off (pointers), on (TMA)")
     parser.add_argument("--step-variants", nargs="?", const=STEP_PATHS,
                         help="decode: time these named step paths in turns instead of the "
-                        f"(pblk, warps) sweep; alone: {STEP_PATHS} (pointer, tma: the "
-                        "one-tile kernel; persist-PBLK-STAGES-PROGRAMS_PER_SM[-WARPS])")
+                        f"(pblk, warps) sweep; alone: {STEP_PATHS} (the state tile by "
+                        "pointers, by TMA)")
     parser.add_argument("--step-batches", default="1,128", help="batches of --step-variants")
     parser.add_argument("--step-rounds", type=int, default=1,
                         help="--step-variants: time every path this many times, in turns")
@@ -740,8 +718,8 @@ def main() -> None:
         # Fastest at B=128 fp32 among the variants within 25% of the fastest at B=1 (the
         # fused step, not this kernel, runs the model's small batches: with --decode-check
         # only B=128 is measured).
-        # Named step paths (--step-variants) need no such filter: from
-        # persistent_min_batch on only.
+        # Named step paths (--step-variants) need no such filter: TMA runs from
+        # tma_min_batch on only.
         keys = ("pblk", "warps", "early", "evict", "tma")
         b1 = {tuple(r[k] for k in keys): r["graph_us"] for r in result["decode"]
               if r["batch"] == 1 and r["state"] == "fp32" and "variant" not in r}
@@ -755,9 +733,7 @@ def main() -> None:
                               step_early=top["early"], step_evict=top["evict"],
                               step_tma=top["tma"])
         if "variant" in top:
-            result["best"].update(step_variant=top["variant"],
-                                  step_persistent=top["persistent"],
-                                  step_stages=top["stages"], step_programs=top["programs"])
+            result["best"]["step_variant"] = top["variant"]
     if result.get("gemv_best") is not None:
         result["best"]["gemv"] = result["gemv_best"]
     if result.get("fused_best") is not None:

@@ -11,28 +11,22 @@ In place, the new angle and k overwrite the old ones that the head's other progr
 still read: a per-head arrival counter lets the last program of a head write them (and
 reset the counter), after every program of the head has read the old values.
 
-On Hopper (``TMA``, see ``step_tma``) the state tile moves by bulk tensor copies: the
-(B, H, P, N) state is viewed as (B*H*P, N) through a host ``TensorDescriptor`` with block
-(PBLK, NB), loaded with ``desc.load`` and stored with ``desc.store`` (the copy engine moves
-whole 128-byte lines; no per-thread addresses). The tile is read before the new one is
-stored (the store needs its data), so in place stays correct; the descriptor holds the
-state's address, which a CUDA graph keeps as the states of a graph stay put. Otherwise
-(other GPUs, the interpreter unless asked, PBLK not dividing P, small batches) the state
-goes through per-thread pointer loads and stores.
-
-For large batches a persistent kernel (``STEP_CONFIG["persistent"]``, ``plan_step``) runs
-a few programs per SM, each looping over many heads (a head's row blocks in turn, so its
-last block writes angle and k: no arrival counter), the loop software-pipelined by Triton
-(``tl.range(num_stages=...)``): the state tiles of the next iterations are already on their
-way as async TMA copies into shared buffers while the current one is computed and stored,
-so loads stay in flight between tiles. It needs the TMA layout; elsewhere the one-tile
-kernel runs.
+The state goes through per-thread pointer loads and stores by default. As an option
+(``STEP_CONFIG["tma"]`` or ``tma=True`` on Hopper, see ``step_tma``) the state tile moves
+by bulk tensor copies: the (B, H, P, N) state is viewed as (B*H*P, N) through a host
+``TensorDescriptor`` with block (PBLK, NB), loaded with ``desc.load`` and stored with
+``desc.store``. The tile is read before the new one is stored, so in place stays correct;
+the descriptor holds the state's address, which a CUDA graph keeps as the states of a
+graph stay put. On an H100 (Triton 3.6, B=128, float32 state, copy bound 182.13 us) the
+pointer path took 199.13 us per step (1.093x the bound) in a graph of 100 in-place steps
+and 196.94 us in a graph of 20 ping-pong steps, TMA 206.26 / 204.59 us; the pointer path
+was faster at every batch and state dtype measured (bf16 B=128: 111.14 against 125.22 us;
+B=1: 3.22 / 3.94 us bf16 / fp32 against 3.67 / 4.81). A persistent, software-pipelined
+variant (programs looping over heads, TMA copies issued stages ahead) measured 200-248 us
+at B=128 fp32 and was removed for that reason.
 """
 
 from __future__ import annotations
-
-import os
-from typing import NamedTuple
 
 import torch
 import triton
@@ -51,18 +45,13 @@ except ImportError:  # Triton without host tensor descriptors: the pointer path 
 # Launch settings of the step kernel: headdim rows per program, warps per program, the
 # state tile loaded first thing (its latency overlaps the q/k work), streaming cache
 # hints on the state (evict first: it is touched once per step) and the state tile by
-# TMA bulk copies on Hopper from ``tma_min_batch`` sequences on (``step_tma``; measured
-# on an H100 at B=128 with a float32 state: 201.7 us against 212.7 us for the pointer
-# path in the same run, docs/benchmarks.md). The persistent kernel (``plan_step``; off
-# until timed on an H100: ``bench_siso_kernels --step-variants``) from
-# ``persistent_min_batch`` sequences on: rows per block (None: ``pblk``), warps (None:
-# ``num_warps``), pipeline stages, programs per SM (capped at what fits one), and the state
-# tile's shared-memory read placed after the q/k work (fewer live registers).
+# TMA bulk copies on Hopper from ``tma_min_batch`` sequences on (``step_tma``). TMA is
+# off: on an H100 (Triton 3.6) the pointer path was faster at every batch and state dtype
+# in the same run (B=128 fp32: 199.13 against 206.26 us in a graph of 100 in-place steps,
+# bound 182.13 us; bf16: 111.14 against 125.22 us; B=1: 3.22 / 3.94 us bf16 / fp32
+# against 3.67 / 4.81; benchmarks/results/siso_step_variants.log).
 STEP_CONFIG = {"pblk": 64, "num_warps": 4, "early_load": True, "evict": False,
-               "tma": True, "tma_min_batch": 16,
-               "persistent": False, "persistent_min_batch": 64, "programs_per_sm": 4,
-               "persistent_pblk": 32, "persistent_warps": None, "persistent_stages": 3,
-               "persistent_early_load": False}
+               "tma": False, "tma_min_batch": 16}
 
 
 @triton.jit
@@ -127,8 +116,7 @@ def _advance_rows(ssm, SSM_OUT, ssm_off, offs_p, mask_p, offs_n, mask_n, d_state
 
 
 @triton.jit
-def _step_tile(
-    b, h, pb, writer_pb,
+def _step_kernel(
     Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
     ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
     QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
@@ -138,15 +126,16 @@ def _step_tile(
     NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     SYNC: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr, TMA: tl.constexpr,
 ):
-    """Rows ``pb * PBLK`` on of head ``h`` of sequence ``b``: the whole step for them;
-    block ``writer_pb`` writes the head's angle and k (unless ``SYNC``).
-    Q, K (b, G, N); V, Z (b, H, P); gates (b, H); Angles (b, H, A); biases (H, N); the
-    last axis of each has stride 1. States are contiguous: angle (b, H, A), ssm (b, H, P,
-    N), k (b, H, N), v (b, H, P). ``SYNC`` (in place with several programs per head): the
-    last program writes angle and k; ``EARLY``: the state tile is loaded first; ``EVICT``:
-    streaming hints on the state; ``TMA``: SSM and SSM_OUT are (b*H*P, N) descriptors with
-    block (PBLK, NB).
+    """Grid (batch, H, cdiv(P, PBLK)). Q, K (b, G, N); V, Z (b, H, P); gates (b, H);
+    Angles (b, H, A); biases (H, N); the last axis of each has stride 1. States are
+    contiguous: angle (b, H, A), ssm (b, H, P, N), k (b, H, N), v (b, H, P). ``SYNC``
+    (in place with several programs per head): the last program writes angle and k;
+    ``EARLY``: the state tile is loaded first; ``EVICT``: streaming hints on the state;
+    ``TMA``: SSM and SSM_OUT are (b*H*P, N) descriptors with block (PBLK, NB).
     """
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    pb = tl.program_id(2)
     bh = b.to(tl.int64) * nheads + h
     offs_n = tl.arange(0, NB)
     mask_n = offs_n < d_state
@@ -193,71 +182,11 @@ def _step_tile(
     tl.store(Y + bh * headdim + offs_p, y.to(Y.dtype.element_ty), mask=mask_p)
 
     # In place with several programs per head, the last one to arrive writes.
-    writer = _last_arrival(COUNTER, bh, nsplit) if SYNC else pb == writer_pb
+    writer = _last_arrival(COUNTER, bh, nsplit) if SYNC else pb == 0
     writer = writer.to(tl.int32)
     writer = (tl.zeros_like(offs_n) + writer) != 0
     tl.store(ANGLE_OUT + bh * n_angles + pair, theta, mask=mask_a & (offs_n % 2 == 0) & writer)
     tl.store(K_OUT + bh * d_state + offs_n, k.to(K_OUT.dtype.element_ty), mask=mask_n & writer)
-
-
-@triton.jit
-def _step_kernel(
-    Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
-    ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
-    QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
-    ANGLE, SSM, KPREV, VPREV,
-    ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
-    nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
-    NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    SYNC: tl.constexpr, EARLY: tl.constexpr, EVICT: tl.constexpr, TMA: tl.constexpr,
-):
-    """Grid (batch, H, cdiv(P, PBLK)): one tile (``_step_tile``) per program."""
-    _step_tile(
-        tl.program_id(0), tl.program_id(1), tl.program_id(2), 0,
-        Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
-        ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
-        QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
-        ANGLE, SSM, KPREV, VPREV,
-        ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
-        nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
-        NB, PBLK, HAS_D, HAS_Z, SYNC, EARLY, EVICT, TMA,
-    )
-
-
-@triton.jit
-def _step_persistent_kernel(
-    Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
-    ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
-    QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
-    ANGLE, SSM, KPREV, VPREV,
-    ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
-    nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
-    nunits,
-    NB: tl.constexpr, PBLK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    EARLY: tl.constexpr, STAGES: tl.constexpr,
-):
-    """Grid (programs,): program ``pid`` takes the heads ``pid, pid + programs, ...`` of the
-    ``nunits`` (sequence, head) pairs, each as ``nsplit`` row blocks in turn, in one loop
-    software-pipelined over ``STAGES``: the state tiles (SSM, SSM_OUT: descriptors as in
-    ``_step_tile`` with ``TMA``) and inputs of the next ``STAGES - 1`` iterations load by
-    async copies into shared buffers while this one is computed and stored. A head's
-    blocks run in one program, in order, so its last block writes angle and k after the
-    others read them: no arrival counter, in place or not. Arguments as ``_step_tile``."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    my_units = tl.cdiv(nunits - pid, nprog)
-    for it in tl.range(0, my_units * nsplit, num_stages=STAGES):
-        bh = pid + (it // nsplit) * nprog
-        _step_tile(
-            bh // nheads, bh % nheads, it % nsplit, nsplit - 1,
-            Q, s_qb, s_qg, K, s_kb, s_kg, V, s_vb, s_vh, Z, s_zb, s_zh,
-            ADT, s_adb, s_adh, DT, s_dtb, s_dth, TRAP, s_tb, s_th,
-            QB, s_qbh, KB, s_kbh, ANG, s_ab, s_ah, D,
-            ANGLE, SSM, KPREV, VPREV,
-            ANGLE_OUT, SSM_OUT, K_OUT, V_OUT, Y, COUNTER,
-            nheads, heads_per_group, d_state, headdim, n_angles, nsplit,
-            NB, PBLK, HAS_D, HAS_Z, False, EARLY, False, True,
-        )
 
 
 _COUNTERS: dict[torch.device, Tensor] = {}
@@ -314,149 +243,36 @@ def state_descriptor(ssm: Tensor, pblk: int):
                             [pblk, triton.next_power_of_2(n)])
 
 
-class StepPlan(NamedTuple):
-    """How a step launches: rows per block, blocks per head, state tile by TMA, warps, and
-    for the persistent kernel its program count (0: the one-tile kernel) and stages."""
-
-    pblk: int
-    nsplit: int
-    tma: bool
-    num_warps: int
-    programs: int = 0
-    stages: int = 0
-
-
-_SM_COUNTS: dict[int, int] = {}
-# Programs of the persistent kernel that fit on one SM at a time, by compiled variant
-# (registers and shared memory of the kernel as compiled; filled at its first launch),
-# and those figures themselves (for benchmarks).
-_RESIDENT: dict[tuple, int] = {}
-PERSISTENT_KERNELS: dict[tuple, dict] = {}
-
-
-def sm_count(x: Tensor) -> int:
-    """Streaming multiprocessors of ``x``'s CUDA device (cached); 4 elsewhere (the
-    interpreter: a few programs, each with several tiles)."""
-    if not x.is_cuda:
-        return 4
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNTS:
-        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNTS[index]
-
-
-def resident_programs(kernel, device: torch.device) -> dict | None:
-    """Registers, spills, shared memory of a compiled ``kernel`` and how many of its
-    programs one SM holds at once ("resident"); None where Triton does not say."""
-    try:
-        kernel._init_handles()
-        regs, shared = int(kernel.n_regs), int(kernel.metadata.shared)
-        warps, spills = int(kernel.metadata.num_warps), int(kernel.n_spills)
-    except Exception:  # noqa: BLE001 (Triton internals differ between versions)
-        return None
-    props = torch.cuda.get_device_properties(device)
-    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", 233472)
-    warps_per_sm = getattr(props, "max_threads_per_multi_processor", 2048) // 32
-    warp_regs = triton.cdiv(max(regs, 1), 8) * 8 * 32
-    by_regs = (regs_per_sm // warp_regs) // warps
-    by_smem = smem_per_sm // (shared + 1024)  # 1 KiB per block reserved by CUDA
-    return {"regs": regs, "spills": spills, "shared": shared, "warps": warps,
-            "resident": max(1, min(by_regs, by_smem, warps_per_sm // warps, 32))}
-
-
-def step_persistent(batch: int, x: Tensor, persistent: bool | None = None) -> bool:
-    """Whether the step asks for the persistent kernel: ``persistent=None`` follows
-    ``STEP_CONFIG["persistent"]`` from ``persistent_min_batch`` sequences on, compiled on
-    a GPU (in the interpreter only when asked)."""
-    if persistent is not None:
-        return persistent
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return (bool(STEP_CONFIG["persistent"]) and batch >= STEP_CONFIG["persistent_min_batch"]
-            and x.is_cuda and not interpreted)
-
-
-def _variant_key(x: Tensor, plan: StepPlan) -> tuple:
-    """The persistent kernel's compiled variant (as far as its size goes) for state ``x``."""
-    return (x.device, x.dtype, plan.pblk, plan.num_warps, plan.stages)
-
-
-def plan_step(ssms: tuple[Tensor, ...], batch: int, nheads: int, headdim: int,
-              pblk: int | None = None, num_warps: int | None = None,
-              tma: bool | None = None, persistent: bool | None = None,
-              programs: int | None = None, stages: int | None = None) -> StepPlan:
-    """The launch of a step over the states ``ssms`` ((b, H, P, N) input and output).
-    Settings not given come from ``STEP_CONFIG``. The persistent kernel
-    (``step_persistent``) moves the state by TMA only: where ``step_tma`` refuses (no
-    Hopper, the block not dividing P, an unaligned state, ``tma=False``) the one-tile
-    kernel runs. It takes its own ``persistent_pblk``, ``persistent_warps`` and
-    ``persistent_stages`` where set, and ``programs_per_sm`` programs per SM, no more than
-    fit at once (``resident_programs``, known after its first launch), then evened out: as
-    few programs as give every one the same number of heads, give or take one
-    (``programs``: the total, as asked)."""
-    if step_persistent(batch, ssms[0], persistent):
-        pb, nsplit = step_split(headdim, pblk or STEP_CONFIG["persistent_pblk"])
-        if step_tma(ssms, headdim, pb, batch, tma):
-            warps = num_warps or STEP_CONFIG["persistent_warps"] or STEP_CONFIG["num_warps"]
-            plan = StepPlan(pb, nsplit, True, warps, 1,
-                            stages or STEP_CONFIG["persistent_stages"])
-            units = batch * nheads
-            if not programs:
-                per_sm = STEP_CONFIG["programs_per_sm"]
-                fits = _RESIDENT.get(_variant_key(ssms[0], plan))
-                programs = sm_count(ssms[0]) * (min(per_sm, fits) if fits else per_sm)
-            programs = min(units, programs)
-            return plan._replace(programs=triton.cdiv(units, triton.cdiv(units, programs)))
-    pb, nsplit = step_split(headdim, pblk)
-    return StepPlan(pb, nsplit, step_tma(ssms, headdim, pb, batch, tma),
-                    num_warps or STEP_CONFIG["num_warps"])
-
-
 def launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
                 pblk: int | None = None, num_warps: int | None = None,
                 early_load: bool | None = None, evict: bool | None = None,
-                tma: bool | None = None, persistent: bool | None = None,
-                programs: int | None = None, stages: int | None = None) -> StepPlan:
+                tma: bool | None = None) -> None:
     """Run the step kernel; ``state`` and ``out_state`` (may alias) are contiguous tuples.
-    Settings not given come from ``STEP_CONFIG`` (``tma``: see ``step_tma``; ``persistent``,
-    ``programs``, ``stages``: see ``plan_step``). Returns the plan it ran."""
+    Settings not given come from ``STEP_CONFIG`` (``tma``: see ``step_tma``)."""
     batch, nheads, headdim = V.shape
     ngroups, d_state = Q.shape[1], Q.shape[2]
     n_angles = Angles.shape[2]
-    plan = plan_step((state[1], out_state[1]), batch, nheads, headdim, pblk, num_warps, tma,
-                     persistent, programs, stages)
-    sync = plan.nsplit > 1 and not plan.programs and any(
-        a.data_ptr() == o.data_ptr() for a, o in zip(state, out_state, strict=True))
+    pb, nsplit = step_split(headdim, pblk)
+    sync = nsplit > 1 and any(a.data_ptr() == o.data_ptr()
+                              for a, o in zip(state, out_state, strict=True))
     counters = arrival_counters(V.device, batch * nheads) if sync else y
-    ssm = state[1]
-    if plan.tma:
-        state = (state[0], state_descriptor(state[1], plan.pblk), *state[2:])
-        out_state = (out_state[0], state_descriptor(out_state[1], plan.pblk), *out_state[2:])
+    use_tma = step_tma((state[1], out_state[1]), headdim, pb, batch, tma)
+    if use_tma:
+        state = (state[0], state_descriptor(state[1], pb), *state[2:])
+        out_state = (out_state[0], state_descriptor(out_state[1], pb), *out_state[2:])
     zs = (Z.stride(0), Z.stride(1)) if Z is not None else (0, 0)
-    args = (
+    _step_kernel[(batch, nheads, nsplit)](
         Q, *Q.stride()[:2], K, *K.stride()[:2], V, *V.stride()[:2], Z, *zs,
         ADT, *ADT.stride(), DT, *DT.stride(), Trap, *Trap.stride(),
         Q_bias, Q_bias.stride(0), K_bias, K_bias.stride(0), Angles, *Angles.stride()[:2], D,
         *state, *out_state, y, counters,
-        nheads, nheads // ngroups, d_state, headdim, n_angles, plan.nsplit,
+        nheads, nheads // ngroups, d_state, headdim, n_angles, nsplit,
+        NB=triton.next_power_of_2(d_state), PBLK=pb,
+        HAS_D=D is not None, HAS_Z=Z is not None, SYNC=sync,
+        EARLY=STEP_CONFIG["early_load"] if early_load is None else early_load,
+        EVICT=STEP_CONFIG["evict"] if evict is None else evict, TMA=use_tma,
+        num_warps=num_warps or STEP_CONFIG["num_warps"],
     )
-    consts = dict(NB=triton.next_power_of_2(d_state), PBLK=plan.pblk, HAS_D=D is not None,
-                  HAS_Z=Z is not None, num_warps=plan.num_warps)
-    if not plan.programs:
-        _step_kernel[(batch, nheads, plan.nsplit)](
-            *args, SYNC=sync, EARLY=STEP_CONFIG["early_load"] if early_load is None
-            else early_load, EVICT=STEP_CONFIG["evict"] if evict is None else evict,
-            TMA=plan.tma, **consts)
-        return plan
-    kernel = _step_persistent_kernel[(plan.programs,)](
-        *args, batch * nheads, STAGES=plan.stages, **consts,
-        EARLY=STEP_CONFIG["persistent_early_load"] if early_load is None else early_load)
-    key = _variant_key(ssm, plan)
-    if ssm.is_cuda and key not in _RESIDENT:
-        stats = resident_programs(kernel, ssm.device)
-        _RESIDENT[key] = stats["resident"] if stats else 0
-        PERSISTENT_KERNELS[key] = stats or {}
-    return plan
 
 
 def _unit_last(x: Tensor | None) -> Tensor | None:
@@ -467,11 +283,11 @@ def mamba3_step_triton(
     Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
     K_bias: Tensor, Angles: Tensor, state: Mamba3State, D: Tensor | None = None,
     Z: Tensor | None = None, inplace: bool = False, pblk: int | None = None,
-    tma: bool | None = None, persistent: bool | None = None,
+    tma: bool | None = None,
 ) -> tuple[Tensor, Mamba3State]:
     """One fused decode step; arguments as ``mamba3_step``. With ``inplace`` the kernel
-    writes the new state over ``state`` (see the module docstring for how); ``pblk``,
-    ``tma`` and ``persistent`` as ``launch_step``."""
+    writes the new state over ``state`` (see the module docstring for how); ``pblk`` and
+    ``tma`` as ``launch_step``."""
     if inplace and not all(s.is_contiguous() for s in state):
         raise ValueError("an in-place decode step needs contiguous state tensors")
     state = tuple(s.contiguous() for s in state)
@@ -479,5 +295,5 @@ def mamba3_step_triton(
     Q, K, V, Z, Angles, Q_bias, K_bias = map(_unit_last, (Q, K, V, Z, Angles, Q_bias, K_bias))
     y = torch.empty(V.shape, device=V.device, dtype=V.dtype)
     launch_step(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, state, out_state, y,
-                pblk=pblk, tma=tma, persistent=persistent)
+                pblk=pblk, tma=tma)
     return y, out_state
