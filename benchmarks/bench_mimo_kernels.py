@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_siso_kernels import capture_graph
 
 from mamba3_integrations.kernels import mamba3_mimo_triton_step, mamba3_step
 from mamba3_integrations.kernels.mamba3_mimo_reference import (
@@ -419,21 +420,6 @@ def decode_inputs(batch: int, rank: int | None) -> tuple[dict, tuple]:
     return x, state
 
 
-def graph_of(fn, steps: int) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of ``steps`` calls of ``fn`` (warmed up on a side stream first)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(steps):
-            fn()
-    return graph
-
-
 def bench_decode(baseline: str | None = None) -> list[dict]:
     """Every step variant (and the SISO step) at each batch of DECODE: microseconds per
     step in a graph of one step (replayed) and in a graph of STEP_GRAPH steps."""
@@ -447,8 +433,9 @@ def bench_decode(baseline: str | None = None) -> list[dict]:
             try:
                 run()
                 res = resources(kernels).get("step", "")
-                one = cuda_time(graph_of(run, 1).replay, reps=50) * 1e3
-                many = cuda_time(graph_of(run, STEP_GRAPH).replay, reps=10) * 1e3 / STEP_GRAPH
+                one = cuda_time(capture_graph(run, 1, warmup=3).replay, reps=50) * 1e3
+                many = cuda_time(capture_graph(run, STEP_GRAPH, warmup=3).replay,
+                                 reps=10) * 1e3 / STEP_GRAPH
             except Exception as exc:  # a variant that fails here must not stop the others
                 print(f"{name} step failed at batch {batch}: {type(exc).__name__}: {exc}"[:400])
                 continue

@@ -210,17 +210,24 @@ STEP_VARIANTS_CHECK = [(64, 4, False, False), (64, 4, True, False), (64, 2, Fals
                        (32, 2, False, False)]
 
 
-def graph_us(fn, steps: int) -> float:
-    """Kernel time per call of ``fn`` from a CUDA graph of ``steps`` calls (microseconds)."""
+def capture_graph(fn, steps: int, warmup: int = 1) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``steps`` calls of ``fn``, after ``warmup`` calls on a side stream."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn()
+        for _ in range(warmup):
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(steps):
             fn()
+    return graph
+
+
+def graph_us(fn, steps: int) -> float:
+    """Kernel time per call of ``fn`` from a CUDA graph of ``steps`` calls (microseconds)."""
+    graph = capture_graph(fn, steps)
     us = median_ms(graph.replay) * 1e3 / steps
     graph.reset()
     return us
