@@ -44,23 +44,6 @@ from mamba3_integrations.kernels.mamba3_siso_triton_fwd import (
 
 
 @triton.jit
-def _chunk_weights(t, first, adt, w, gamma, valid):
-    """In-chunk cumulative decay ``acum`` (per row), the chunk's total decay, and the
-    (rows x rows) weights: ``w_s exp(acum_t - acum_s)`` for s < t, ``gamma_t`` for s = t.
-
-    Only the first rank of a token carries its decay, so a cumulative sum over rows is
-    the cumulative sum over tokens."""
-    adt_first = tl.where(first, adt, 0.0)
-    acum = tl.cumsum(adt_first, 0)
-    total = tl.sum(adt_first, 0)
-    before = (t[None, :] < t[:, None]) & valid[None, :]
-    same = (t[None, :] == t[:, None]) & valid[None, :]
-    decay = tl.exp(tl.where(before, acum[:, None] - acum[None, :], 0.0))
-    weights = tl.where(before, decay * w[None, :], tl.where(same, gamma[:, None], 0.0))
-    return acum, total, weights, before, same
-
-
-@triton.jit
 def _token_weights(adt, w, gamma):
     """Per token of a chunk (C,): the cumulative decay, the chunk's total decay, and the
     (C, C) weights ``w_s exp(acum_t - acum_s)`` for s < t, ``gamma_t`` for s = t. They
