@@ -65,10 +65,7 @@ CONFIGS = [  # prefill: rows per chunk, tokens per program, warps and stages (sc
 STEP_VARIANTS = [
     ("default", {}),
     ("late", dict(early=False)),  # B=1 with the large-batch load order
-    ("w8", dict(num_warps=8)),
-    ("p32", dict(pblk=32)),
     ("tma", dict(tma=True)),
-    ("cap128", dict(maxnreg=128)),
 ]
 STEP_GRAPH = 20  # steps in the many-steps CUDA graph
 CHECK_SHAPE = (2, 333)  # (batch, seqlen) of the correctness checks: off the chunk

@@ -62,12 +62,15 @@ def fused_decode_enabled(x: Tensor) -> bool:
     return x.is_cuda or setting == "1"
 
 
+def triton_interpreter() -> bool:
+    """Whether Triton kernels run in its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def hopper_or_newer(x: Tensor) -> bool:
     """Whether ``x`` lives on a CUDA (not ROCm) device of compute capability >= 9 and
     kernels run compiled (not in Triton's interpreter); cached per device."""
-    if not x.is_cuda or torch.version.hip:
-        return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if not x.is_cuda or torch.version.hip or triton_interpreter():
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     capable = _SM90_DEVICES.get(index)
