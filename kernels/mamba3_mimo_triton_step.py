@@ -27,7 +27,7 @@ k and angle after all have read the old ones. With 16-bit inputs both products t
 16-bit operands and accumulate in float32, as the official prefill's products do: the
 update in the inputs' dtype, the outputs in bfloat16 (the float32 state rounded to it: its
 range). Against tf32 operands this saves the shuffles that turn a tf32 accumulator into
-an operand and the transposed staging of a tf32 B tile (H100, B=1: 5.0 -> 4.2 us). The
+an operand and the transposed staging of a tf32 B tile (H100, B=1: 5.28 -> 4.51 us). The
 state stays float32. Computes what ``mamba3_mimo_step_reference`` computes, with the
 pairing (n, n + N/2) for every N.
 """
@@ -57,8 +57,9 @@ NORM_EPS = 1e-5
 # the epilogue's parameters where they are used); ``tma`` the state tile by tensor
 # descriptors on Hopper from ``tma_min_batch`` rows. Measured on an H100 (Triton 3.6,
 # bf16, CUDA graphs of 20 steps; benchmarks/results/mimo_step.log): whole heads with 4
-# warps, every load first, 5.2 us at B=1; uncapped 217.5 us at B=128 (a cap of 128
-# registers 241.1, TMA 242.5, 8 warps 405.9, 32 rows per program 409.1).
+# warps, every load first, 4.51 us at B=1 (loads where used 5.22, TMA 4.89); uncapped
+# 214.8 us at B=128 (TMA 223.7; with tf32 products a cap of 128 registers took 241.1,
+# 8 warps 405.9, 32 rows per program 409.1).
 STEP_CONFIG = {"pblk": 64, "num_warps": 4, "small_pblk": 64, "small_warps": 4,
                "large_batch": 16, "maxnreg": 0, "early": True, "tma": False,
                "tma_min_batch": 16}
