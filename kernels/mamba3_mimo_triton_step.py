@@ -207,13 +207,13 @@ def _mimo_step_kernel(
     r = c[:, None] % R
     is_q = c[:, None] < R
     state_ok = p_ok[:, None] & n_ok[None, :]
-    # Contiguous states: with EVEN every tile offset is a compile-time constant.
-    state_base = ((b * nheads + h).to(tl.int64) * headdim + pb * PBLK) * d_state
+    # The tile's first row of the contiguous (b*H*P, N) state; with EVEN every offset
+    # within the tile is a compile-time constant.
+    row = (b * nheads + h).to(tl.int64) * headdim + pb * PBLK
     if EVEN:
-        state_at = state_base + (tl.arange(0, PBLK)[:, None] * NB + n[None, :])
+        state_at = row * d_state + (tl.arange(0, PBLK)[:, None] * NB + n[None, :])
     else:
-        state_at = state_base + (tl.arange(0, PBLK)[:, None] * d_state + n[None, :])
-    row = ((b * nheads + h) * headdim + pb * PBLK).to(tl.int32)
+        state_at = row * d_state + (tl.arange(0, PBLK)[:, None] * d_state + n[None, :])
     # The state first: the longest latency, independent of everything else.
     if not TMA:
         s = _ld(SSM + state_at, state_ok, EVEN)
@@ -247,7 +247,7 @@ def _mimo_step_kernel(
                                   norm_at, p_ok, HAS_D, HAS_Z, HAS_NORM, FAST, EVEN)
 
     if TMA:  # the bulk copy waits where it is issued: after the pointer loads' issue
-        s = SSM.load([row, 0]).to(tl.float32)
+        s = SSM.load([row.to(tl.int32), 0]).to(tl.float32)
 
     lam = tl.sigmoid(trap)
     alpha = tl.exp(adt)
@@ -273,7 +273,7 @@ def _mimo_step_kernel(
     # now (the state's registers are then free for the output product).
     tl.debug_barrier()  # every thread has read the old values before they are overwritten
     if TMA:
-        SSM_OUT.store([row, 0], s.to(SSM_OUT.dtype))
+        SSM_OUT.store([row.to(tl.int32), 0], s.to(SSM_OUT.dtype))
     elif EVEN:
         tl.store(SSM_OUT + state_at, s.to(SSM_OUT.dtype.element_ty))
     else:
